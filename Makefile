@@ -1,0 +1,52 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+PG_URL ?= $(or $(TEST_DATABASE_URL),postgresql://postgres@127.0.0.1:5432/test)
+
+.PHONY: run test test-sqlite test-postgres lint format migrate bench clean
+
+$(DEPS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: $(DEPS)  ## serve on 127.0.0.1:8000 with the embedded SQLite database
+	$(PY) -m service init-env
+	$(PY) -m service migrate
+	$(PY) -m service serve
+
+migrate: $(DEPS)
+	$(PY) -m service migrate
+
+lint: $(DEPS)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(DEPS)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: lint test-sqlite test-postgres  ## lint, then the whole suite on SQLite and on PostgreSQL
+
+test-sqlite: $(DEPS)
+	env -u TEST_DATABASE_URL $(PY) -m pytest -q -p no:cacheprovider
+
+# Fails when REQUIRE_POSTGRES is set (CI) and no server answers; otherwise says it skipped.
+test-postgres: $(DEPS)
+	@if $(PY) -m tests.pg_available '$(PG_URL)'; then \
+		echo "== PostgreSQL leg =="; \
+		TEST_DATABASE_URL='$(PG_URL)' $(PY) -m pytest -q -p no:cacheprovider; \
+	elif [ -n "$$REQUIRE_POSTGRES" ]; then \
+		echo "PostgreSQL is required but not reachable (TEST_DATABASE_URL)"; exit 1; \
+	else \
+		echo "== SKIPPED the PostgreSQL leg: no server answers (set TEST_DATABASE_URL to run it) =="; \
+	fi
+
+bench: $(DEPS)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""AlgoWays Store: the persistence service of the AlgoWays trading platform."""

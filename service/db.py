@@ -1,0 +1,123 @@
+"""The engine, its pool, the sessionmaker and the per-request session dependency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool, StaticPool
+
+from service.cache import InvalidationBus
+from service.config import DatabaseSettings
+
+APPLICATION_NAME = "algoways-store"
+_WRITE_INTENT = "sqlite_write_intent"
+
+
+def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> AsyncEngine:
+    """The one engine of the app, its pool sized from settings."""
+    url = make_url(settings.DATABASE_URL)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {
+            # Bounds connection set-up, so an unreachable server gives 503, never a hang.
+            "timeout": settings.DB_POOL_TIMEOUT,
+            "command_timeout": 60,
+            "server_settings": {"application_name": APPLICATION_NAME, "jit": "off"},
+        }
+        if null_pool:
+            kwargs["poolclass"] = NullPool
+        else:
+            kwargs.update(
+                pool_size=settings.DB_POOL_SIZE,
+                max_overflow=settings.DB_MAX_OVERFLOW,
+                pool_timeout=settings.DB_POOL_TIMEOUT,
+                pool_recycle=settings.DB_POOL_RECYCLE,
+                pool_pre_ping=settings.DB_POOL_PRE_PING,
+                pool_use_lifo=True,
+            )
+        engine = create_async_engine(url, **kwargs)
+    else:
+        memory = url.database in (None, "", ":memory:")
+        if memory:
+            kwargs["poolclass"] = StaticPool
+        elif null_pool:
+            kwargs["poolclass"] = NullPool
+        else:
+            kwargs.update(
+                pool_size=settings.DB_POOL_SIZE,
+                max_overflow=settings.DB_MAX_OVERFLOW,
+                pool_timeout=settings.DB_POOL_TIMEOUT,
+            )
+        engine = create_async_engine(url, **kwargs)
+        _configure_sqlite(engine, busy_timeout_ms=int(settings.DB_POOL_TIMEOUT * 1000))
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+    """WAL, busy_timeout and foreign keys on every connection; BEGIN IMMEDIATE for writes.
+
+    The driver's own transaction handling is switched off so that SQLAlchemy emits BEGIN itself
+    (SQLAlchemy's pysqlite recipe). A write request begins IMMEDIATE: a deferred transaction that
+    reads and then writes cannot upgrade its lock once another writer committed, and busy_timeout
+    does not help it, which is where "database is locked" comes from.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(_WRITE_INTENT, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_sessionmaker(
+    engine: AsyncEngine, bus: InvalidationBus
+) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, info={"bus": bus})
+
+
+async def begin_write(session: AsyncSession) -> None:
+    """Start the session's transaction as a writer (BEGIN IMMEDIATE on SQLite; no-op elsewhere)."""
+    if session.bind.dialect.name == "sqlite" and not session.in_transaction():
+        await session.connection(execution_options={_WRITE_INTENT: True})
+
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request: committed when the handler returns, before the response is sent;
+    rolled back when it raises."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.store.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            if request.method not in _READ_METHODS:
+                await begin_write(session)
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+# scope="function": the commit runs right after the endpoint returns, before the response is sent,
+# so a commit that fails reaches the client as a problem, never as a 2xx.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,138 @@
+"""The app factory: lifespan (engine, caches, invalidation listener, domains), routes, handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy.engine import make_url
+
+from service import migrate
+from service.cache import CacheRegistry, InvalidationBus
+from service.config import Settings, get_settings
+from service.db import make_engine, make_sessionmaker
+from service.errors import add_exception_handlers
+from service.logs import configure_logging
+from service.metrics import Metrics, cache_metrics, pool_metrics
+from service.middleware import ServiceMiddleware
+from service.routers import DOMAINS, api_router, bench, health
+from service.security import Keyring, TokenAuthenticator
+from service.state import AppState
+
+logger = logging.getLogger("service")
+
+DESCRIPTION = """
+AlgoWays Store owns all persistence of the AlgoWays trading platform.
+
+Every `/api/v1` route needs `Authorization: Bearer <service token>`. GET needs the `read` scope,
+writes need `write`, and routes marked `x-required-scope: secrets` return plaintext secrets and
+need `secrets`. Errors are RFC 9457 problem documents (`application/problem+json`).
+"""
+
+
+def _listen_dsn(settings: Settings) -> str | None:
+    url = make_url(settings.DATABASE_URL)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        bus = InvalidationBus(_listen_dsn(settings))
+        state = AppState(
+            settings=settings,
+            engine=engine,
+            sessionmaker=make_sessionmaker(engine, bus),
+            bus=bus,
+            caches=CacheRegistry(bus),
+            keyring=Keyring(settings),
+            metrics=metrics,
+        )
+        app.state.store = state
+        app.state.migration_head = migrate.head_revision()
+        metrics.add_collector(lambda: pool_metrics(engine.pool))
+        metrics.add_collector(lambda: cache_metrics(state.caches))
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(engine.dispose)
+            if state.backend == "sqlite":
+                # The embedded default keeps itself at head; PostgreSQL is migrated by an operator.
+                await migrate.upgrade(engine)
+            await bus.start()
+            stack.push_async_callback(bus.stop)
+            schema_ready = await _schema_at_head(state, app.state.migration_head)
+            domains = [*DOMAINS, bench] if settings.BENCH_ENDPOINTS else list(DOMAINS)
+            for domain in domains:
+                domain_lifespan = getattr(domain, "lifespan", None)
+                if domain_lifespan is not None and schema_ready:
+                    await stack.enter_async_context(domain_lifespan(state))
+            logger.info("serving on %s", state.backend)
+            yield
+
+    app = FastAPI(
+        title="AlgoWays Store",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    add_exception_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router)
+    if settings.BENCH_ENDPOINTS:
+        app.include_router(bench.router)
+    app.add_middleware(
+        ServiceMiddleware,
+        metrics=metrics,
+        authenticator=TokenAuthenticator(settings.SERVICE_TOKENS),
+        max_body=settings.MAX_BODY_BYTES,
+        max_upload=settings.MAX_UPLOAD_BYTES,
+    )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _schema_at_head(state: AppState, head: str | None) -> bool:
+    try:
+        current = await migrate.current_revision(state.engine)
+    except Exception as exc:
+        logger.error("database unreachable at start-up (%s); /health/ready says why", exc)
+        return False
+    if current != head:
+        logger.error(
+            "schema is at %s but head is %s: run `python -m service migrate`", current, head
+        )
+        return False
+    return True
+
+
+def _openapi(app: FastAPI) -> dict[str, object]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "serviceToken": {"type": "http", "scheme": "bearer"}
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/api/v1"):
+                for operation in operations.values():
+                    operation["security"] = [{"serviceToken": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def app_from_env() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    return create_app(settings)

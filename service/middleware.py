@@ -1,0 +1,130 @@
+"""The ASGI middleware in front of every route: request id, metrics, access log, body limits,
+content type, and service-token authentication (401 before anything else is looked at)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from service.logs import request_id_var
+from service.metrics import Metrics
+from service.security import TokenAuthenticator
+
+access_log = logging.getLogger("service.access")
+
+API_PREFIX = "/api/v1"
+# Routes whose body is not JSON, with the larger upload limit.
+RAW_BODY_ROUTES = frozenset({("PUT", "/api/v1/symbols")})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
+
+
+class ServiceMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        authenticator: TokenAuthenticator,
+        max_body: int,
+        max_upload: int,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.authenticator = authenticator
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        status = 500
+        echo = (b"x-request-id", request_id.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), echo]
+            await send(message)
+
+        try:
+            problem = self._reject(scope, headers)
+            if problem is not None:
+                await problem.response()(scope, receive, send_wrapper)
+            else:
+                limit = self._limit(scope)
+                await self.app(scope, _limited(receive, limit), send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            self.metrics.observe(template, scope["method"], status, elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    extra={"status": status, "duration_ms": round(elapsed * 1000, 3)},
+                )
+            request_id_var.reset(token)
+
+    def _limit(self, scope: Scope) -> int:
+        if (scope["method"], scope["path"].rstrip("/")) in RAW_BODY_ROUTES:
+            return self.max_upload
+        return self.max_body
+
+    def _reject(self, scope: Scope, headers: dict[bytes, bytes]) -> Any:
+        path: str = scope["path"]
+        if not path.startswith(API_PREFIX):
+            return None
+        principal = self.authenticator.authenticate(headers.get(b"authorization"))
+        if principal is None:
+            return Unauthorized()
+        scope["principal"] = principal
+        method = scope["method"]
+        if method not in _BODY_METHODS:
+            return None
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._limit(scope):
+            return PayloadTooLarge(f"The body exceeds {self._limit(scope)} bytes.")
+        has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
+        if has_body and (method, path.rstrip("/")) not in RAW_BODY_ROUTES:
+            content_type = headers.get(b"content-type", b"").decode("latin-1")
+            if not _JSON_TYPE.match(content_type):
+                return UnsupportedMediaType(
+                    f"Expected application/json, got {content_type or 'no content type'}."
+                )
+        return None
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Count streamed body bytes, so a chunked body cannot get past the limit either."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"The body exceeds {limit} bytes.")
+        return message
+
+    return wrapped

@@ -1,0 +1,7 @@
+"""analyzer-logs: see the issue that builds this domain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/analyzer-logs", tags=["analyzer-logs"])

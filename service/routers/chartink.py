@@ -1,0 +1,7 @@
+"""chartink: see the issue that builds this domain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/chartink", tags=["chartink"])

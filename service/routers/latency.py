@@ -1,0 +1,7 @@
+"""latency: see the issue that builds this domain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/latency", tags=["latency"])

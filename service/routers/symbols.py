@@ -1,0 +1,7 @@
+"""symbols: see the issue that builds this domain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/symbols", tags=["symbols"])

@@ -1,0 +1,73 @@
+"""Platform settings: what GET returns and what PATCH accepts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, EmailStr, Field, SecretStr
+
+from service.schemas.base import InputSchema
+
+Hostname = Field(default=None, max_length=255)
+
+
+class SmtpSettings(BaseModel):
+    server: str | None = None
+    port: int | None = None
+    username: str | None = None
+    use_tls: bool = True
+    from_email: str | None = None
+    helo_hostname: str | None = None
+    password_set: bool = False
+
+
+class SecuritySettings(BaseModel):
+    auto_ban_enabled: bool = False
+    threshold_404: int = 100
+    ban_duration_404_h: int = 0
+    threshold_invalid_api_key: int = 100
+    ban_duration_invalid_api_key_h: int = 0
+    repeat_offender_limit: int = 2
+
+
+class SettingsRead(BaseModel):
+    analyze_mode: bool = False
+    smtp: SmtpSettings = SmtpSettings()
+    security: SecuritySettings = SecuritySettings()
+
+
+class SmtpUpdate(InputSchema):
+    not_nullable = frozenset({"use_tls"})
+
+    server: str | None = Hostname
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = Field(default=None, max_length=255)
+    password: SecretStr | None = Field(
+        default=None, max_length=512, description="Stored encrypted; null clears it."
+    )
+    use_tls: bool | None = None
+    from_email: EmailStr | None = None
+    helo_hostname: str | None = Hostname
+
+
+class SecurityUpdate(InputSchema):
+    not_nullable = frozenset(SecuritySettings.model_fields)
+
+    auto_ban_enabled: bool | None = None
+    threshold_404: int | None = Field(default=None, ge=1, le=1_000_000)
+    ban_duration_404_h: int | None = Field(
+        default=None, ge=0, le=87_600, description="Hours; 0 bans permanently."
+    )
+    threshold_invalid_api_key: int | None = Field(default=None, ge=1, le=1_000_000)
+    ban_duration_invalid_api_key_h: int | None = Field(default=None, ge=0, le=87_600)
+    repeat_offender_limit: int | None = Field(default=None, ge=1, le=1000)
+
+
+class SettingsUpdate(InputSchema):
+    not_nullable = frozenset({"analyze_mode"})
+
+    analyze_mode: bool | None = None
+    smtp: SmtpUpdate | None = None
+    security: SecurityUpdate | None = None
+
+
+class SmtpPassword(BaseModel):
+    password: str | None

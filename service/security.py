@@ -1,0 +1,195 @@
+"""Secrets: service-token authentication, password/API-key hashing, encryption at rest.
+
+Key rotation: the current pepper and salt encrypt and hash; the previous ones (optional) are
+still accepted when reading, so a rotated deployment keeps every stored secret readable until
+`python -m service rotate-keys` re-encrypts them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from fastapi import Depends, Request
+from passlib.context import CryptContext
+
+from service.config import ServiceToken, Settings
+from service.errors import AppError, Forbidden, Unauthorized
+
+PBKDF2_ITERATIONS = 600_000
+
+
+class SecretUnreadable(AppError):
+    status = 409
+    title = "Stored secret cannot be decrypted"
+    type_ = "secret-unreadable"
+    default_detail = (
+        "A stored secret was encrypted under a key this instance does not hold "
+        "(was API_KEY_PEPPER or FERNET_SALT changed without setting the _PREVIOUS variables?)."
+    )
+
+
+@lru_cache(maxsize=8)
+def _derive_fernet_key(pepper: str, salt_hex: str) -> bytes:
+    kdf = PBKDF2HMAC(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=bytes.fromhex(salt_hex),
+        iterations=PBKDF2_ITERATIONS,
+    )
+    return base64.urlsafe_b64encode(kdf.derive(pepper.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class Pepper:
+    value: bytes
+
+    def digest(self, message: str) -> str:
+        """Keyed digest (HMAC-SHA256) used to index API keys without storing them."""
+        return hmac.new(self.value, message.encode(), hashlib.sha256).hexdigest()
+
+
+class Keyring:
+    """Every key this instance holds, newest first."""
+
+    def __init__(self, settings: Settings) -> None:
+        pepper = settings.API_KEY_PEPPER.get_secret_value()
+        self.peppers: tuple[Pepper, ...] = (Pepper(pepper.encode()),)
+        fernets = [Fernet(_derive_fernet_key(pepper, settings.FERNET_SALT))]
+        if settings.API_KEY_PEPPER_PREVIOUS is not None:
+            previous = settings.API_KEY_PEPPER_PREVIOUS.get_secret_value()
+            self.peppers += (Pepper(previous.encode()),)
+            fernets.append(
+                Fernet(
+                    _derive_fernet_key(
+                        previous, settings.FERNET_SALT_PREVIOUS or settings.FERNET_SALT
+                    )
+                )
+            )
+        self._current = fernets[0]
+        self._fernet = MultiFernet(fernets)
+        self.passwords = PasswordHasher(self.peppers)
+
+    @property
+    def pepper(self) -> Pepper:
+        return self.peppers[0]
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._current.encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise SecretUnreadable() from None
+
+    def needs_reencrypt(self, ciphertext: str) -> bool:
+        try:
+            self._current.decrypt(ciphertext.encode())
+        except InvalidToken:
+            return True
+        return False
+
+    def reencrypt(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.rotate(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise SecretUnreadable() from None
+
+
+_argon2 = CryptContext(schemes=["argon2"], deprecated="auto")
+
+
+class PasswordHasher:
+    """argon2 over secret + pepper; hashes made under a previous pepper still verify."""
+
+    def __init__(self, peppers: tuple[Pepper, ...]) -> None:
+        self._peppers = tuple(p.value.decode() for p in peppers)
+        # Verified when the user is unknown, so both paths cost one argon2 check.
+        self._dummy = _argon2.hash("dummy-password" + self._peppers[0])
+
+    def hash(self, secret: str) -> str:
+        return _argon2.hash(secret + self._peppers[0])
+
+    def verify(self, secret: str, stored: str | None) -> tuple[bool, str | None]:
+        """Return (valid, new_hash); new_hash is set when the stored hash should be replaced."""
+        if stored is None:
+            _argon2.verify(secret + self._peppers[0], self._dummy)
+            return False, None
+        for index, pepper in enumerate(self._peppers):
+            try:
+                valid = _argon2.verify(secret + pepper, stored)
+            except (ValueError, TypeError):
+                return False, None
+            if valid:
+                stale = index > 0 or _argon2.needs_update(stored)
+                return True, self.hash(secret) if stale else None
+        return False, None
+
+
+# --- service tokens ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+
+    def has(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+class TokenAuthenticator:
+    def __init__(self, tokens: tuple[ServiceToken, ...]) -> None:
+        self._tokens = tuple((t.token.encode(), Principal(t.name, t.scopes)) for t in tokens)
+
+    def authenticate(self, authorization: bytes | None) -> Principal | None:
+        if not authorization or authorization[:7].lower() != b"bearer ":
+            return None
+        presented = authorization[7:].strip()
+        found = None
+        # Compare against every token, in constant time each, so timing says nothing.
+        for token, principal in self._tokens:
+            if hmac.compare_digest(token, presented):
+                found = principal
+        return found
+
+
+_METHOD_SCOPE = {"GET": "read", "HEAD": "read", "OPTIONS": "read"}
+
+
+def current_principal(request: Request) -> Principal:
+    """The service token's principal, checked for the scope the HTTP method needs.
+
+    The middleware has already answered 401 to requests without a known token.
+    """
+    principal: Principal | None = request.scope.get("principal")
+    if principal is None:
+        raise Unauthorized()
+    needed = _METHOD_SCOPE.get(request.method, "write")
+    if not principal.has(needed):
+        raise Forbidden(f"This token lacks the '{needed}' scope.")
+    return principal
+
+
+def require_secrets(request: Request) -> Principal:
+    principal = current_principal(request)
+    if not principal.has("secrets"):
+        raise Forbidden("This endpoint returns secrets and needs the 'secrets' scope.")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+# Spread into a route decorator: `@router.get(..., **SECRETS)`.
+SECRETS: dict[str, object] = {
+    "dependencies": [Depends(require_secrets)],
+    "openapi_extra": {"x-required-scope": "secrets"},
+}
