@@ -44,6 +44,7 @@ class InvalidationBus:
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connected = asyncio.Event()
+        self._attempted = asyncio.Event()  # the first connection attempt is over, either way
 
     @property
     def distributed(self) -> bool:
@@ -71,10 +72,9 @@ class InvalidationBus:
     async def start(self) -> None:
         if self._dsn is not None and self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="invalidation-listener")
-            try:
-                await asyncio.wait_for(self.connected.wait(), timeout=5)
-            except TimeoutError:
-                logger.warning("invalidation listener not connected yet; retrying in background")
+            # Serving before the listener is up could miss invalidations; a database that is
+            # down must not hold start-up, though: the listener keeps retrying.
+            await self._attempted.wait()
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -96,6 +96,7 @@ class InvalidationBus:
             except (OSError, asyncpg.PostgresError, TimeoutError) as error:
                 logger.warning("invalidation listener cannot connect (%s); retrying", error)
                 reconnecting = True
+                self._attempted.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
                 continue
@@ -106,6 +107,7 @@ class InvalidationBus:
                     self.dispatch_all()
                 reconnecting = True
                 self.connected.set()
+                self._attempted.set()
                 delay = 0.5
                 while not lost.is_set():
                     try:

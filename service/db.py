@@ -112,9 +112,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             if request.method not in _READ_METHODS:
                 await begin_write(session)
             yield session
-            await session.commit()
+            if session.in_transaction():
+                await session.commit()
         except BaseException:
-            await session.rollback()
+            if session.in_transaction():
+                await session.rollback()
             raise
 
 

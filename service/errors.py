@@ -254,6 +254,8 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, AppError):  # e.g. the body limit, hit while FastAPI read it
+            return exc.__cause__.response()
         titles = {404: "Not found", 405: "Method not allowed"}
         detail = exc.detail if isinstance(exc.detail, str) else "The request cannot be processed."
         if exc.status_code == 404 and detail == "Not Found":

@@ -6,6 +6,7 @@ import contextvars
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import IO
 
 import orjson
 
@@ -38,8 +39,9 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload, default=str).decode()
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> logging.Handler:
+    """Route every log record (the service's and uvicorn's) through one handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -55,3 +57,4 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(name).propagate = True
     # The service writes its own access log, with the request id and route.
     logging.getLogger("uvicorn.access").disabled = True
+    return handler

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import ModuleType
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -61,21 +63,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.migration_head = migrate.head_revision()
         metrics.add_collector(lambda: pool_metrics(engine.pool))
         metrics.add_collector(lambda: cache_metrics(state.caches))
+        domains = [*DOMAINS, bench] if settings.BENCH_ENDPOINTS else list(DOMAINS)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
-            if state.backend == "sqlite":
-                # The embedded default keeps itself at head; PostgreSQL is migrated by an operator.
-                await migrate.upgrade(engine)
             await bus.start()
             stack.push_async_callback(bus.stop)
-            schema_ready = await _schema_at_head(state, app.state.migration_head)
-            domains = [*DOMAINS, bench] if settings.BENCH_ENDPOINTS else list(DOMAINS)
-            for domain in domains:
-                domain_lifespan = getattr(domain, "lifespan", None)
-                if domain_lifespan is not None and schema_ready:
-                    await stack.enter_async_context(domain_lifespan(state))
-            logger.info("serving on %s", state.backend)
-            yield
+            retry: asyncio.Task[None] | None = None
+            if not await _prepare(state, stack, domains, app.state.migration_head):
+                retry = asyncio.create_task(
+                    _prepare_until_ready(state, stack, domains, app.state.migration_head)
+                )
+            try:
+                yield
+            finally:
+                if retry is not None:
+                    retry.cancel()
+                    await asyncio.gather(retry, return_exceptions=True)
 
     app = FastAPI(
         title="AlgoWays Store",
@@ -99,18 +102,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _schema_at_head(state: AppState, head: str | None) -> bool:
-    try:
-        current = await migrate.current_revision(state.engine)
-    except Exception as exc:
-        logger.error("database unreachable at start-up (%s); /health/ready says why", exc)
-        return False
-    if current != head:
-        logger.error(
-            "schema is at %s but head is %s: run `python -m service migrate`", current, head
-        )
-        return False
+async def _prepare(
+    state: AppState, stack: AsyncExitStack, domains: list[ModuleType], head: str | None
+) -> bool:
+    """Check the schema (migrating the embedded SQLite default) and start every domain.
+
+    Until this succeeds, /api/v1 answers 503 and /health/ready says why.
+    """
+    async with AsyncExitStack() as attempt:
+        try:
+            if state.backend == "sqlite":
+                await migrate.upgrade(state.engine)
+            current = await migrate.current_revision(state.engine)
+            if current != head:
+                state.not_ready_reason = (
+                    f"schema is at {current} but head is {head}: run `python -m service migrate`"
+                )
+                return False
+            for domain in domains:
+                domain_lifespan = getattr(domain, "lifespan", None)
+                if domain_lifespan is not None:
+                    await attempt.enter_async_context(domain_lifespan(state))
+        except Exception as exc:
+            state.not_ready_reason = f"database unreachable at start-up ({type(exc).__name__})"
+            logger.warning("not ready: %s", exc)
+            return False
+        stack.push_async_callback(attempt.pop_all().aclose)
+    state.ready, state.not_ready_reason = True, None
+    logger.info("serving on %s", state.backend)
     return True
+
+
+async def _prepare_until_ready(
+    state: AppState, stack: AsyncExitStack, domains: list[ModuleType], head: str | None
+) -> None:
+    logger.error("not ready: %s; retrying", state.not_ready_reason)
+    while not await _prepare(state, stack, domains, head):
+        await asyncio.sleep(1)
 
 
 def _openapi(app: FastAPI) -> dict[str, object]:

@@ -71,9 +71,7 @@ class ServiceMiddleware:
                 await self.app(scope, _limited(receive, limit), send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
-            self.metrics.observe(template, scope["method"], status, elapsed)
+            self.metrics.observe(_route_template(scope), scope["method"], status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s %d %.1fms",
@@ -112,6 +110,22 @@ class ServiceMiddleware:
                     f"Expected application/json, got {content_type or 'no content type'}."
                 )
         return None
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's full path template (`/api/v1/strategies/{id}`), for metric labels.
+
+    FastAPI keeps included routers nested, so the route object holds only its own part of the
+    path; the full template is on the effective route context it records in the scope.
+    """
+    fastapi_scope = scope.get("fastapi")
+    context = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    template = getattr(context, "path_format", None) or getattr(
+        scope.get("route"), "path_format", None
+    )
+    return template or "<unmatched>"
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

@@ -21,7 +21,7 @@ from fastapi import Depends, Request
 from passlib.context import CryptContext
 
 from service.config import ServiceToken, Settings
-from service.errors import AppError, Forbidden, Unauthorized
+from service.errors import AppError, DatabaseUnavailable, Forbidden, Unauthorized
 
 PBKDF2_ITERATIONS = 600_000
 
@@ -165,7 +165,7 @@ class TokenAuthenticator:
 _METHOD_SCOPE = {"GET": "read", "HEAD": "read", "OPTIONS": "read"}
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """The service token's principal, checked for the scope the HTTP method needs.
 
     The middleware has already answered 401 to requests without a known token.
@@ -176,11 +176,14 @@ def current_principal(request: Request) -> Principal:
     needed = _METHOD_SCOPE.get(request.method, "write")
     if not principal.has(needed):
         raise Forbidden(f"This token lacks the '{needed}' scope.")
+    state = request.app.state.store
+    if not state.ready:
+        raise DatabaseUnavailable(f"The service is not ready: {state.not_ready_reason}.")
     return principal
 
 
-def require_secrets(request: Request) -> Principal:
-    principal = current_principal(request)
+async def require_secrets(request: Request) -> Principal:
+    principal = await current_principal(request)
     if not principal.has("secrets"):
         raise Forbidden("This endpoint returns secrets and needs the 'secrets' scope.")
     return principal

@@ -26,13 +26,16 @@ class AppState:
     # Domain-owned objects that live as long as the app (e.g. the symbol lookup index),
     # keyed by the domain's name.
     domains: dict[str, Any] = field(default_factory=dict)
+    # False until the schema is at head and every domain has started; /api/v1 answers 503.
+    ready: bool = False
+    not_ready_reason: str | None = "starting"
 
     @property
     def backend(self) -> str:
         return self.engine.dialect.name
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.store
     return state
 

@@ -27,7 +27,6 @@ from service import migrate
 from service.config import DatabaseSettings, Settings, load_settings
 from service.db import make_engine
 from service.main import create_app
-from service.models import Base
 from tests.support import BACKEND, FULL_TOKEN, POSTGRES_URL, auth, make_settings
 
 ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
@@ -101,9 +100,16 @@ async def database_url(database_template: str, tmp_path: Path) -> AsyncIterator[
         yield f"sqlite+aiosqlite:///{path}"
         return
     yield database_template
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    if tables:
-        await _admin_execute(database_template, f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    await _admin_execute(
+        database_template,
+        """DO $$ DECLARE names text; BEGIN
+             SELECT string_agg(format('%I', tablename), ', ') INTO names FROM pg_tables
+              WHERE schemaname = current_schema() AND tablename <> 'alembic_version';
+             IF names IS NOT NULL THEN
+               EXECUTE 'TRUNCATE ' || names || ' RESTART IDENTITY CASCADE';
+             END IF;
+           END $$""",
+    )
 
 
 @pytest.fixture

@@ -16,7 +16,11 @@ SALT = "00112233445566778899aabbccddeeff"
 FULL_TOKEN = "full-token-0123456789abcdef"
 RW_TOKEN = "rw-token-0123456789abcdef"
 RO_TOKEN = "ro-token-0123456789abcdef"
-SERVICE_TOKENS = f"full:{FULL_TOKEN}:read+write+secrets,rw:{RW_TOKEN}:read+write,ro:{RO_TOKEN}:read"
+WO_TOKEN = "wo-token-0123456789abcdef"
+SERVICE_TOKENS = (
+    f"full:{FULL_TOKEN}:read+write+secrets,rw:{RW_TOKEN}:read+write,ro:{RO_TOKEN}:read,"
+    f"wo:{WO_TOKEN}:write"
+)
 
 # Set by the Makefile for the PostgreSQL leg; absent means the SQLite leg.
 POSTGRES_URL = os.environ.get("TEST_DATABASE_URL") or None

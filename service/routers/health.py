@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from service.migrate import current_revision
-from service.state import AppState, get_state
+from service.state import AppState
 
 router = APIRouter(tags=["health"])
 
@@ -64,7 +64,7 @@ async def _ping(state: AppState) -> tuple[float, str | None]:
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
 async def ready(request: Request, response: Response) -> Ready:
     """Database reachable within 2 s and schema at head; 503 otherwise."""
-    state = get_state(request)
+    state: AppState = request.app.state.store
     head = request.app.state.migration_head
     latency: float | None = None
     current: str | None = None
@@ -77,6 +77,8 @@ async def ready(request: Request, response: Response) -> Ready:
         error = f"unreachable ({type(exc).__name__})"
     if error is None and current != head:
         error = f"schema at {current}, head is {head}: run `python -m service migrate`"
+    if error is None and not state.ready:
+        error = state.not_ready_reason or "starting"
     pool = state.engine.pool
     ok = error is None
     if not ok:
@@ -103,6 +105,6 @@ async def ready(request: Request, response: Response) -> Ready:
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     return Response(
-        get_state(request).metrics.render(),
+        request.app.state.store.metrics.render(),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )

@@ -1,0 +1,1 @@
+"""Benchmark harness: runs the service against PostgreSQL and reports ratios against a floor."""

@@ -1,0 +1,1 @@
+"""One module per domain, each with `async def run(ctx: Context) -> list[Result]`."""
