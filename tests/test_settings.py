@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -119,6 +121,19 @@ class TestUpdateSettings:
         )
         assert_problem(response, 400, "malformed-body")
         assert await _rows(db) == []
+
+    async def test_concurrent_first_writes_all_succeed(self, client, db):
+        responses = await asyncio.gather(
+            *(
+                client.patch("/api/v1/settings", json={"security": {"threshold_404": n}})
+                for n in range(1, 11)
+            )
+        )
+        assert [r.status_code for r in responses] == [200] * 10
+        rows = await _rows(db)
+        assert len(rows) == 1 and 1 <= rows[0]["threshold_404"] <= 10
+        final = (await client.get("/api/v1/settings")).json()["security"]["threshold_404"]
+        assert final == rows[0]["threshold_404"]
 
 
 class TestSettingsCache:

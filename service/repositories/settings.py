@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cache import CacheRegistry, invalidate
@@ -59,10 +61,11 @@ async def get_settings(session: AsyncSession, caches: CacheRegistry) -> Settings
 async def update_settings(
     session: AsyncSession, keyring: Keyring, data: SettingsUpdate
 ) -> SettingsRead:
-    row = await session.get(PlatformSettings, 1, with_for_update=True)
-    if row is None:
-        row = PlatformSettings(id=1)
-        session.add(row)
+    # Create the row if needed and lock it, so concurrent first writes cannot collide.
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(PlatformSettings).values(id=1).on_conflict_do_nothing())
+    row = await session.get(PlatformSettings, 1, with_for_update=True, populate_existing=True)
+    assert row is not None
     changes: dict[str, Any] = {}
     if "analyze_mode" in data.model_fields_set:
         changes["analyze_mode"] = data.analyze_mode
