@@ -46,7 +46,8 @@ class TestParsing:
         ],
     )
     def test_plain_urls_get_the_async_driver(self, given, expected):
-        assert _load(DATABASE_URL=given).DATABASE_URL == expected
+        url = _load(DATABASE_URL=given).DATABASE_URL
+        assert url == expected
 
     def test_service_tokens_and_scopes(self):
         settings = _load()
