@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 logger = logging.getLogger("service.cache")
 
 CHANNEL = "algoways_invalidate"
+LISTENER_NAME = "algoways-store-listener"
 ALL = "*"  # key meaning "everything under this topic"
 _PENDING = "pending_invalidations"
 
@@ -92,7 +93,9 @@ class InvalidationBus:
         while True:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
+                )
             except (OSError, asyncpg.PostgresError, TimeoutError) as error:
                 logger.warning("invalidation listener cannot connect (%s); retrying", error)
                 reconnecting = True

@@ -159,3 +159,32 @@ class TestSettingsCache:
         assert await eventually(seen)
         cache = two.app.state.store.caches.get("settings")
         assert cache.misses >= 2  # the second read went back to the database: invalidated, not TTL
+
+    @pytest.mark.postgres_only
+    async def test_lost_listener_flushes_caches_and_reconnects(self, client_factory, db):
+        one = await client_factory()
+        two = await client_factory()
+        bus = two.app.state.store.bus
+        await two.get("/api/v1/settings")  # cached on instance two
+        cache = two.app.state.store.caches.get("settings")
+        assert len(cache) == 1
+        async with db.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'algoways-store-listener'"
+                )
+            )
+
+        async def flushed_and_back() -> bool:
+            return len(cache) == 0 and bus.connected.is_set()
+
+        assert await eventually(flushed_and_back, timeout=10)
+        # Notifications flow again after the reconnect.
+        await two.get("/api/v1/settings")
+        await one.patch("/api/v1/settings", json={"analyze_mode": True})
+
+        async def seen() -> bool:
+            return (await two.get("/api/v1/settings")).json()["analyze_mode"] is True
+
+        assert await eventually(seen)
