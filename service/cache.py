@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +42,9 @@ class InvalidationBus:
 
     def __init__(self, dsn: str | None = None) -> None:
         self._dsn = dsn  # a plain asyncpg DSN; None on SQLite (one process only)
+        # Tags this instance's notifications: it applies its own invalidations right after its
+        # commit, so their echo from PostgreSQL is skipped instead of dropping the entry twice.
+        self.instance_id = uuid.uuid4().hex[:12]
         self._handlers: dict[str, list[Handler]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,8 +132,10 @@ class InvalidationBus:
                     conn.terminate()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        topic, _, key = payload.partition(":")
-        self.dispatch(topic, key or ALL)
+        origin, _, rest = payload.partition(":")
+        if origin != self.instance_id:
+            topic, _, key = rest.partition(":")
+            self.dispatch(topic, key or ALL)
 
 
 async def invalidate(session: AsyncSession, topic: str, key: str = ALL) -> None:
@@ -138,7 +144,7 @@ async def invalidate(session: AsyncSession, topic: str, key: str = ALL) -> None:
     if bus.distributed:
         await session.execute(
             text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": f"{topic}:{key}"},
+            {"channel": CHANNEL, "payload": f"{bus.instance_id}:{topic}:{key}"},
         )
     session.info.setdefault(_PENDING, []).append((topic, key))
 

@@ -88,6 +88,12 @@ class BadRequest(AppError):
     pass
 
 
+class MalformedBody(AppError):
+    title = "Malformed body"
+    type_ = "malformed-body"
+    default_detail = "The request body is not valid JSON."
+
+
 class Unauthorized(AppError):
     status = 401
     title = "Unauthorized"
@@ -242,9 +248,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = _validation_errors(exc)
         if any(e["type"] == "json_invalid" for e in errors):
-            return problem_response(
-                400, "Malformed body", "The request body is not valid JSON.", "malformed-body"
-            )
+            return MalformedBody().response()
         first = errors[0] if errors else {"loc": [], "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"])
         detail = f"{where}: {first['msg']}" if where else first["msg"]

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ClientFactory
-from tests.support import BACKEND, RW_TOKEN, assert_problem, auth, eventually
+from tests.support import RW_TOKEN, assert_problem, auth, eventually
 
 DEFAULTS = {
     "analyze_mode": False,
@@ -142,9 +142,7 @@ class TestSettingsCache:
         await client.patch("/api/v1/settings", json={"analyze_mode": True})
         assert (await client.get("/api/v1/settings")).json()["analyze_mode"] is True
 
-    @pytest.mark.skipif(
-        BACKEND != "postgresql", reason="two instances share a database on PostgreSQL"
-    )
+    @pytest.mark.postgres_only
     async def test_change_through_one_instance_is_seen_by_another(
         self, client_factory: ClientFactory
     ):

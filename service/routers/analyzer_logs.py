@@ -1,7 +1,8 @@
-"""analyzer-logs: see the issue that builds this domain."""
+"""analyzer-logs: the analyze-mode (paper trading) twins of the order logs, same routes."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from service.models.logs import AnalyzerLog
+from service.routers.order_logs import api_log_router
 
-router = APIRouter(prefix="/analyzer-logs", tags=["analyzer-logs"])
+router, lifespan = api_log_router(AnalyzerLog, prefix="/analyzer-logs")
