@@ -173,6 +173,9 @@ class LocalCache(Generic[K, V]):
         self._data: dict[K, tuple[float, V]] = {}
         self.hits = 0
         self.misses = 0
+        # Bumped by every invalidation: a filler notes it before reading the database and
+        # stores its result only if no invalidation passed meanwhile (`set_if_current`).
+        self.generation = 0
 
     def get(self, key: K) -> V | None:
         entry = self._data.get(key)
@@ -189,7 +192,19 @@ class LocalCache(Generic[K, V]):
         expires = time.monotonic() + lifetime if lifetime is not None else float("inf")
         self._data[key] = (expires, value)
 
+    def set_if_current(self, key: K, value: V, generation: int) -> bool:
+        """Store `value` unless an invalidation arrived since `generation` was read.
+
+        A read that started before a change committed would otherwise put the old value back
+        after the change's invalidation had passed, and serve it until the TTL.
+        """
+        if generation != self.generation:
+            return False
+        self.set(key, value)
+        return True
+
     def invalidate(self, key: str = ALL) -> None:
+        self.generation += 1
         if key == ALL:
             self._data.clear()
         else:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.util import await_
 
 from service.cache import InvalidationBus
 from service.config import DatabaseSettings
@@ -46,6 +47,7 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
                 pool_use_lifo=True,
             )
         engine = create_async_engine(url, **kwargs)
+        engine.sync_engine.dialect.do_ping = _ping_one_round_trip  # type: ignore[method-assign]
     else:
         memory = url.database in (None, "", ":memory:")
         if memory:
@@ -61,6 +63,20 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine, busy_timeout_ms=int(settings.DB_POOL_TIMEOUT * 1000))
     return engine
+
+
+def _ping_one_round_trip(dbapi_connection: Any) -> bool:
+    """Pre-ping with one empty query.
+
+    SQLAlchemy's asyncpg ping wraps it in BEGIN/ROLLBACK for PgBouncer's transaction mode: three
+    round trips on every checkout. Against PostgreSQL itself one query proves the connection
+    alive; a failure is translated as the driver's own ping would, so the pool replaces it.
+    """
+    try:
+        await_(dbapi_connection.driver_connection.fetchrow(";"))
+    except Exception as error:
+        dbapi_connection._handle_exception(error)
+    return True
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
@@ -98,6 +114,17 @@ async def begin_write(session: AsyncSession) -> None:
     """Start the session's transaction as a writer (BEGIN IMMEDIATE on SQLite; no-op elsewhere)."""
     if session.bind.dialect.name == "sqlite" and not session.in_transaction():
         await session.connection(execution_options={_WRITE_INTENT: True})
+
+
+async def begin_autocommit_read(session: AsyncSession) -> None:
+    """Run a read-only request's statements without BEGIN and COMMIT on PostgreSQL.
+
+    For one-statement reads: one statement sees one consistent snapshot by itself, and the two
+    round trips cost more than the read. Call it first, and never in a request that writes.
+    SQLite keeps its transaction (BEGIN is driven by the event above).
+    """
+    if session.bind.dialect.name == "postgresql" and not session.in_transaction():
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

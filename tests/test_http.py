@@ -149,6 +149,24 @@ class TestDatabaseUnavailable:
         again = await client.patch("/api/v1/settings", json={"analyze_mode": True})
         assert again.status_code == 200
 
+    @pytest.mark.postgres_only
+    async def test_pool_replaces_connections_the_server_dropped(self, client, db):
+        assert (
+            await client.patch("/api/v1/settings", json={"analyze_mode": True})
+        ).status_code == 200
+        async with db.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'algoways-store' AND pid <> pg_backend_pid()"
+                )
+            )
+        assert killed >= 1
+        # Pre-ping finds the dead connection at checkout and opens a new one: no error surfaces.
+        response = await client.patch("/api/v1/settings", json={"analyze_mode": False})
+        assert response.status_code == 200
+        assert response.json()["analyze_mode"] is False
+
 
 class TestHealth:
     async def test_ready_reports_database_migrations_and_pool(self, client):

@@ -53,8 +53,9 @@ async def get_settings(session: AsyncSession, caches: CacheRegistry) -> Settings
     cache = caches.get("settings", topic=TOPIC)
     cached: SettingsRead | None = cache.get(_KEY)
     if cached is None:
+        generation = cache.generation
         cached = _to_read(await session.get(PlatformSettings, 1))
-        cache.set(_KEY, cached)
+        cache.set_if_current(_KEY, cached, generation)
     return cached
 
 

@@ -42,20 +42,36 @@ async def raw_pg(request: Request, id: int = 1) -> dict[str, Any]:
 
 @router.get("/raw-pg/strategy/{strategy_id}")
 async def raw_pg_strategy(request: Request, strategy_id: int) -> dict[str, Any]:
-    """The query behind GET /api/v1/strategies/{id} (strategy and its symbols), on raw asyncpg."""
+    """GET /api/v1/strategies/{id} on raw asyncpg: its one statement (the strategy LEFT JOIN its
+    symbols), outside a transaction as the API runs it, and the same answer."""
     pool = request.app.state.store.domains.get("bench_pool")
     if pool is None:
         raise NotFound("raw-pg floor needs PostgreSQL")
     async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT * FROM strategies WHERE id = $1", strategy_id)
-        if row is None:
-            raise NotFound()
-        symbols = await conn.fetch(
-            "SELECT * FROM strategy_symbol_mappings WHERE strategy_id = $1 ORDER BY id",
+        rows = await conn.fetch(
+            "SELECT strategies.id, strategies.name, strategies.webhook_id, strategies.user_id,"
+            " strategies.is_active, strategies.is_intraday, strategies.start_time,"
+            " strategies.end_time, strategies.squareoff_time, strategies.updated_at,"
+            " strategies.created_at, strategies.platform, strategies.trading_mode,"
+            " strategy_symbol_mappings.id AS symbol_id,"
+            " strategy_symbol_mappings.strategy_id AS symbol_strategy_id,"
+            " strategy_symbol_mappings.symbol AS symbol_symbol,"
+            " strategy_symbol_mappings.exchange AS symbol_exchange,"
+            " strategy_symbol_mappings.quantity AS symbol_quantity,"
+            " strategy_symbol_mappings.product_type AS symbol_product_type"
+            " FROM strategies LEFT OUTER JOIN strategy_symbol_mappings"
+            " ON strategy_symbol_mappings.strategy_id = strategies.id"
+            " WHERE strategies.id = $1::INTEGER ORDER BY strategy_symbol_mappings.id",
             strategy_id,
         )
-    out = dict(row)
-    out["symbols"] = [dict(s) for s in symbols]
+    if not rows:
+        raise NotFound()
+    out = {k: v for k, v in rows[0].items() if not k.startswith("symbol_")}
+    out["symbols"] = [
+        {k.removeprefix("symbol_"): v for k, v in row.items() if k.startswith("symbol_")}
+        for row in rows
+        if row["symbol_id"] is not None
+    ]
     return out
 
 

@@ -1,7 +1,6 @@
-"""chartink: see the issue that builds this domain."""
+"""chartink: ChartInk screener strategies and their symbol mappings (the `strategies` routes)."""
 
-from __future__ import annotations
+from service.repositories.strategies import CHARTINK
+from service.routers.strategies import make_router
 
-from fastapi import APIRouter
-
-router = APIRouter(prefix="/chartink", tags=["chartink"])
+router = make_router(CHARTINK)
