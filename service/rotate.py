@@ -6,21 +6,34 @@ holds a long lock, and an interrupted run can simply be started again.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.config import Settings
+from service.db import begin_write, make_engine
+from service.models.auth import ApiKey, BrokerToken
 from service.models.settings import PlatformSettings
-from service.security import Keyring
+from service.models.users import User
+from service.repositories import api_keys as api_keys_repo
+from service.security import Keyring, SecretUnreadable
 
 BATCH = 500
 
 # Every (model, encrypted column names) in the schema. A domain that stores a secret adds itself.
 ENCRYPTED: list[tuple[type[Any], tuple[str, ...]]] = [
     (PlatformSettings, ("smtp_password_encrypted",)),
+    (User, ("totp_secret_encrypted",)),
+    (BrokerToken, ("auth_token_encrypted", "feed_token_encrypted")),
+    (ApiKey, ("key_encrypted",)),
 ]
+
+# Values derived from a secret under the pepper (keyed digests, hashes) that a domain recomputes
+# from the decrypted secret, after the re-encryption above; each returns its counts.
+Rederive = Callable[[async_sessionmaker[AsyncSession], Keyring], Awaitable[dict[str, int]]]
+REDERIVED: list[Rederive] = [api_keys_repo.rederive_all]
 
 
 async def reencrypt_all(engine: AsyncEngine, keyring: Keyring) -> dict[str, int]:
@@ -30,37 +43,51 @@ async def reencrypt_all(engine: AsyncEngine, keyring: Keyring) -> dict[str, int]
         pk = model.__mapper__.primary_key[0]
         for column_name in columns:
             column = getattr(model, column_name)
-            changed = 0
+            changed = unreadable = 0
             last: Any = None
             while True:
-                async with sessionmaker() as session, session.begin():
+                async with sessionmaker() as session:
+                    await begin_write(session)  # the batch reads, then writes
                     query = select(pk, column).where(column.is_not(None)).order_by(pk).limit(BATCH)
                     if last is not None:
                         query = query.where(pk > last)
                     rows = (await session.execute(query)).all()
                     for key, ciphertext in rows:
-                        if keyring.needs_reencrypt(ciphertext):
-                            await session.execute(
-                                update(model)
-                                .where(pk == key)
-                                .values({column_name: keyring.reencrypt(ciphertext)})
-                            )
-                            changed += 1
+                        if not keyring.needs_reencrypt(ciphertext):
+                            continue
+                        try:
+                            renewed = keyring.reencrypt(ciphertext)
+                        except SecretUnreadable:  # under no key held: nothing to rotate it to
+                            unreadable += 1
+                            continue
+                        # Only if unchanged: the service may have stored a new secret meanwhile.
+                        result = await session.execute(
+                            update(model)
+                            .where(pk == key, column == ciphertext)
+                            .values({column_name: renewed})
+                        )
+                        changed += result.rowcount  # type: ignore[attr-defined]
+                    await session.commit()
                 if len(rows) < BATCH:
                     break
                 last = rows[-1][0]
             counts[f"{model.__tablename__}.{column_name}"] = changed
+            if unreadable:
+                counts[f"{model.__tablename__}.{column_name}.unreadable"] = unreadable
+    for rederive in REDERIVED:
+        counts.update(await rederive(sessionmaker, keyring))
     return counts
 
 
 async def rotate_keys(settings: Settings) -> dict[str, int]:
-    from service.db import make_engine
-
     engine = make_engine(settings, null_pool=True)
     try:
         counts = await reencrypt_all(engine, Keyring(settings))
     finally:
         await engine.dispose()
     for name, count in counts.items():
-        print(f"{name}: {count} re-encrypted")
+        if name.endswith(".unreadable"):
+            print(f"{name.removesuffix('.unreadable')}: {count} under no key held, left as is")
+        else:
+            print(f"{name}: {count} re-encrypted")
     return counts

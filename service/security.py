@@ -8,7 +8,6 @@ still accepted when reading, so a rotated deployment keeps every stored secret r
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from dataclasses import dataclass
 from functools import lru_cache
@@ -53,7 +52,7 @@ class Pepper:
 
     def digest(self, message: str) -> str:
         """Keyed digest (HMAC-SHA256) used to index API keys without storing them."""
-        return hmac.new(self.value, message.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self.value, message.encode(), "sha256").hex()
 
 
 class Keyring:
@@ -121,7 +120,10 @@ class PasswordHasher:
     def verify(self, secret: str, stored: str | None) -> tuple[bool, str | None]:
         """Return (valid, new_hash); new_hash is set when the stored hash should be replaced."""
         if stored is None:
-            _argon2.verify(secret + self._peppers[0], self._dummy)
+            # As many checks as a wrong password costs (one per pepper held), so timing does
+            # not tell whether the user exists, not even during a key rotation.
+            for pepper in self._peppers:
+                _argon2.verify(secret + pepper, self._dummy)
             return False, None
         for index, pepper in enumerate(self._peppers):
             try:

@@ -1,7 +1,285 @@
-"""auth: see the issue that builds this domain."""
+"""auth: broker tokens, API keys (and their verification), sessions, login attempts."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+
+from service.db import SessionDep
+from service.errors import Forbidden, problems
+from service.models.auth import ApiKey, BrokerToken
+from service.pagination import DEFAULT_LIMIT, CursorPage, CursorParam, LimitParam
+from service.repositories import api_keys as api_keys_repo
+from service.repositories import auth as auth_repo
+from service.schemas.auth import (
+    ApiKeyInfo,
+    ApiKeyPut,
+    ApiKeyRead,
+    ApiKeyVerification,
+    ApiKeyVerify,
+    BrokerTokenPut,
+    BrokerTokenRead,
+    BrokerTokenSecret,
+    BrokerTokenWritten,
+    LoginAttemptCreate,
+    LoginAttemptRead,
+    LoginStatus,
+    OrderModeUpdate,
+    SessionCreate,
+    SessionRead,
+)
+from service.schemas.base import Deleted, Items
+from service.security import SECRETS, PrincipalDep
+from service.state import StateDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def _metadata(row: BrokerToken) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "broker": row.broker,
+        "user_id": row.user_id,
+        "revoked": row.revoked,
+        "has_feed_token": row.feed_token_encrypted is not None,
+        "updated_at": row.updated_at,
+    }
+
+
+def _key_read(row: ApiKey, plaintext: str) -> ApiKeyRead:
+    info = ApiKeyInfo.model_validate(row, from_attributes=True)
+    return ApiKeyRead(**info.model_dump(), api_key=plaintext)
+
+
+# --- broker tokens -----------------------------------------------------------------------------
+
+
+@router.put(
+    "/broker-tokens/{name}",
+    response_model=BrokerTokenWritten,
+    responses=problems(400, 404, 415),
+)
+async def put_broker_token(
+    name: str, body: BrokerTokenPut, session: SessionDep, state: StateDep
+) -> BrokerTokenWritten:
+    """Store the broker token of user `name` (encrypted); a full replacement of the earlier one."""
+    row, changed = await auth_repo.put_broker_token(session, state.keyring, name, body)
+    return BrokerTokenWritten(**_metadata(row), changed=changed)
+
+
+@router.get("/broker-tokens/{name}", response_model=BrokerTokenRead, responses=problems(404))
+async def get_broker_token(name: str, session: SessionDep) -> BrokerTokenRead:
+    """Read the metadata of a user's broker token, never the tokens."""
+    return BrokerTokenRead(**_metadata(await auth_repo.get_broker_token(session, name)))
+
+
+@router.get(
+    "/broker-tokens/{name}/secret",
+    response_model=BrokerTokenSecret,
+    responses=problems(404, 409),
+    **SECRETS,  # type: ignore[arg-type]
+)
+async def get_broker_secret(name: str, session: SessionDep, state: StateDep) -> BrokerTokenSecret:
+    """Read a user's broker tokens in plaintext; 404 when missing or revoked."""
+    row, auth_token, feed_token = await auth_repo.get_broker_secret(session, state.keyring, name)
+    return BrokerTokenSecret(
+        name=row.name,
+        broker=row.broker,
+        user_id=row.user_id,
+        auth_token=auth_token,
+        feed_token=feed_token,
+    )
+
+
+@router.post(
+    "/broker-tokens/{name}/revoke", response_model=BrokerTokenRead, responses=problems(404)
+)
+async def revoke_broker_token(name: str, session: SessionDep) -> BrokerTokenRead:
+    """Revoke a user's broker token; the tokens themselves are erased."""
+    return BrokerTokenRead(**_metadata(await auth_repo.revoke_broker_token(session, name)))
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/api-keys/verify",
+    response_model=ApiKeyVerification,
+    response_model_exclude_unset=True,
+    responses=problems(400, 404, 409, 410, 415),
+)
+async def verify_api_key(
+    body: ApiKeyVerify, state: StateDep, principal: PrincipalDep
+) -> ApiKeyVerification:
+    """Verify an API key: its user, order mode and broker; optionally the broker tokens.
+
+    Unknown key: 401 `api-key-unknown`. `include_auth` / `include_feed_token` need the `secrets`
+    scope (403 before the key is looked at) and an active broker token: 404
+    `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked.
+    `auth_token` / `feed_token` appear only when asked for.
+    """
+    reveal = body.include_auth or body.include_feed_token
+    if reveal and not principal.has("secrets"):
+        raise Forbidden("include_auth and include_feed_token need the 'secrets' scope.")
+    owner = await api_keys_repo.verifier(state).verify(body.api_key.get_secret_value())
+    answer = ApiKeyVerification(
+        user_id=owner.user_id,
+        order_mode=owner.order_mode,
+        broker=owner.broker,
+        broker_token=owner.broker_token,
+    )
+    if reveal:
+        auth_token, feed_token = api_keys_repo.broker_tokens(
+            state.keyring, owner, auth=body.include_auth, feed=body.include_feed_token
+        )
+        if body.include_auth:
+            answer.auth_token = auth_token
+        if body.include_feed_token:
+            answer.feed_token = feed_token
+    return answer
+
+
+@router.put(
+    "/api-keys/{user_id}",
+    response_model=ApiKeyRead,
+    responses=problems(400, 404, 409, 415),
+    **SECRETS,  # type: ignore[arg-type]
+)
+async def put_api_key(
+    user_id: str, body: ApiKeyPut, session: SessionDep, state: StateDep
+) -> ApiKeyRead:
+    """Set a user's API key (generated when omitted); the earlier key stops verifying at once.
+
+    Needs the `secrets` scope, since the answer carries the key.
+    """
+    supplied = body.api_key.get_secret_value() if body.api_key is not None else None
+    row, plaintext = await api_keys_repo.put_api_key(session, state.keyring, user_id, supplied)
+    return _key_read(row, plaintext)
+
+
+@router.get(
+    "/api-keys/{user_id}",
+    response_model=ApiKeyRead,
+    responses=problems(404, 409),
+    **SECRETS,  # type: ignore[arg-type]
+)
+async def get_api_key(user_id: str, session: SessionDep, state: StateDep) -> ApiKeyRead:
+    """Read a user's API key in plaintext."""
+    row, plaintext = await api_keys_repo.get_api_key(session, state.keyring, user_id)
+    return _key_read(row, plaintext)
+
+
+@router.delete(
+    "/api-keys/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404)
+)
+async def delete_api_key(user_id: str, session: SessionDep) -> None:
+    """Delete a user's API key; it stops verifying at once."""
+    await api_keys_repo.delete_api_key(session, user_id)
+
+
+@router.put(
+    "/api-keys/{user_id}/order-mode",
+    response_model=ApiKeyInfo,
+    responses=problems(400, 404, 415),
+)
+async def set_order_mode(user_id: str, body: OrderModeUpdate, session: SessionDep) -> ApiKeyInfo:
+    """Set the order mode of a user's API key."""
+    row = await api_keys_repo.set_order_mode(session, user_id, body.order_mode)
+    return ApiKeyInfo.model_validate(row, from_attributes=True)
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/sessions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionRead,
+    responses=problems(400, 404, 409, 415),
+)
+async def create_session(body: SessionCreate, session: SessionDep) -> SessionRead:
+    """Register a login; it replaces the user's session from the same IP, at most 5 per user."""
+    return SessionRead.model_validate(await auth_repo.create_session(session, body))
+
+
+@router.get("/sessions", response_model=Items[SessionRead])
+async def list_sessions(
+    session: SessionDep,
+    username: Annotated[str | None, Query(max_length=80, description="Only this user's.")] = None,
+) -> Items[SessionRead]:
+    """List sessions, most recently seen first."""
+    rows = await auth_repo.list_sessions(session, username)
+    return Items(items=[SessionRead.model_validate(r) for r in rows])
+
+
+@router.post(
+    "/sessions/{session_id}/touch",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(404),
+)
+async def touch_session(session_id: str, session: SessionDep) -> None:
+    """Mark a session as seen now."""
+    await auth_repo.touch_session(session, session_id)
+
+
+@router.delete(
+    "/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404)
+)
+async def delete_session(session_id: str, session: SessionDep) -> None:
+    """End one session."""
+    await auth_repo.delete_session(session, session_id)
+
+
+@router.delete("/sessions", response_model=Deleted)
+async def delete_user_sessions(
+    session: SessionDep,
+    username: Annotated[str, Query(max_length=80, description="Whose sessions to end.")],
+) -> Deleted:
+    """End every session of a user."""
+    return Deleted(deleted=await auth_repo.delete_user_sessions(session, username))
+
+
+# --- login attempts ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/login-attempts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=LoginAttemptRead,
+    responses=problems(400, 415),
+)
+async def create_login_attempt(body: LoginAttemptCreate, session: SessionDep) -> LoginAttemptRead:
+    """Record a login attempt."""
+    return LoginAttemptRead.model_validate(await auth_repo.create_login_attempt(session, body))
+
+
+@router.get("/login-attempts", response_model=CursorPage[LoginAttemptRead])
+async def list_login_attempts(
+    session: SessionDep,
+    status_: Annotated[
+        LoginStatus | None, Query(alias="status", description="Only attempts with this outcome.")
+    ] = None,
+    username: Annotated[str | None, Query(max_length=255)] = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+) -> CursorPage[LoginAttemptRead]:
+    """List login attempts, newest first (keyset pagination)."""
+    rows, next_cursor = await auth_repo.list_login_attempts(
+        session, status=status_, username=username, limit=limit, cursor=cursor
+    )
+    return CursorPage(
+        items=[LoginAttemptRead.model_validate(r) for r in rows], next_cursor=next_cursor
+    )
+
+
+@router.delete("/login-attempts", response_model=Deleted)
+async def delete_login_attempts(
+    session: SessionDep,
+    before: Annotated[
+        datetime | None, Query(description="Only attempts older than this; all when omitted.")
+    ] = None,
+) -> Deleted:
+    """Delete login attempts."""
+    return Deleted(deleted=await auth_repo.delete_login_attempts(session, before))

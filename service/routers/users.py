@@ -1,7 +1,114 @@
-"""users: see the issue that builds this domain."""
+"""users: platform login accounts, their passwords and TOTP."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from service.db import SessionDep
+from service.errors import problems
+from service.repositories import users as users_repo
+from service.schemas.base import Items
+from service.schemas.users import (
+    PasswordChange,
+    PasswordCheck,
+    TotpCode,
+    TotpSecret,
+    UserCreate,
+    UserRead,
+    UserUpdate,
+    Validity,
+)
+from service.security import SECRETS
+from service.state import StateDep
 
 router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    responses=problems(400, 409, 415),
+)
+async def create_user(body: UserCreate, session: SessionDep, state: StateDep) -> UserRead:
+    """Create a user; its TOTP secret is generated and stored encrypted."""
+    user = await users_repo.create_user(session, state.keyring, body)
+    return UserRead.model_validate(user)
+
+
+@router.get("", response_model=Items[UserRead])
+async def list_users(
+    session: SessionDep,
+    is_admin: Annotated[bool | None, Query(description="Only admins, or only non-admins.")] = None,
+    email: Annotated[str | None, Query(max_length=254, description="Exact email.")] = None,
+) -> Items[UserRead]:
+    """List users, by username."""
+    users = await users_repo.list_users(session, is_admin=is_admin, email=email)
+    return Items(items=[UserRead.model_validate(u) for u in users])
+
+
+@router.get("/{username}", response_model=UserRead, responses=problems(404))
+async def get_user(username: str, session: SessionDep) -> UserRead:
+    """Read one user."""
+    return UserRead.model_validate(await users_repo.get_user(session, username))
+
+
+@router.patch("/{username}", response_model=UserRead, responses=problems(400, 404, 409, 415))
+async def update_user(username: str, body: UserUpdate, session: SessionDep) -> UserRead:
+    """Change a user's email, admin flag or TOTP settings."""
+    return UserRead.model_validate(await users_repo.update_user(session, username, body))
+
+
+@router.put(
+    "/{username}/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(400, 404, 415),
+)
+async def set_password(
+    username: str, body: PasswordChange, session: SessionDep, state: StateDep
+) -> None:
+    """Set a user's password."""
+    await users_repo.set_password(
+        session, state.keyring, username, body.password.get_secret_value()
+    )
+
+
+@router.post("/{username}/verify-password", response_model=Validity, responses=problems(400, 415))
+async def verify_password(username: str, body: PasswordCheck, state: StateDep) -> Validity:
+    """Check a password; an unknown user is `{"valid": false}`, in the same time class."""
+    valid = await users_repo.verify_password(
+        state.sessionmaker, state.keyring, username, body.password.get_secret_value()
+    )
+    return Validity(valid=valid)
+
+
+@router.get(
+    "/{username}/totp",
+    response_model=TotpSecret,
+    responses=problems(404, 409),
+    **SECRETS,  # type: ignore[arg-type]
+)
+async def get_totp(username: str, session: SessionDep, state: StateDep) -> TotpSecret:
+    """Read a user's TOTP secret and its provisioning URI (issuer AlgoWays)."""
+    secret, uri = await users_repo.get_totp(session, state.keyring, username)
+    return TotpSecret(secret=secret, provisioning_uri=uri)
+
+
+@router.post(
+    "/{username}/totp/verify",
+    response_model=Validity,
+    responses=problems(400, 404, 409, 415),
+)
+async def verify_totp(
+    username: str, body: TotpCode, session: SessionDep, state: StateDep
+) -> Validity:
+    """Check a TOTP code (±1 step); a code once accepted is never accepted again."""
+    return Validity(valid=await users_repo.verify_totp(session, state.keyring, username, body.code))
+
+
+@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
+async def delete_user(username: str, session: SessionDep) -> None:
+    """Delete a user with its API key, broker token and sessions."""
+    await users_repo.delete_user(session, username)

@@ -1,0 +1,163 @@
+"""Auth: broker tokens, API keys, sessions and login attempts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
+
+from service.schemas.base import InputSchema, Schema
+from service.schemas.users import Username
+
+OrderMode = Literal["auto", "semi_auto"]
+LoginStatus = Literal["success", "failed", "resumed"]
+BrokerTokenState = Literal["active", "revoked", "missing"]
+
+_API_KEY = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+
+
+def _ip(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+    # One client, one spelling: an IPv4-mapped IPv6 address is the IPv4 address.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def _api_key_chars(value: SecretStr) -> SecretStr:
+    if not _API_KEY.match(value.get_secret_value()):
+        raise ValueError("must be 32-128 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+IpAddress = Annotated[str, Field(max_length=45), AfterValidator(_ip)]
+Broker = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+BrokerSecret = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+
+
+# --- broker tokens -----------------------------------------------------------------------------
+
+
+class BrokerTokenPut(InputSchema):
+    """A full replacement: an omitted feed token or user id is cleared."""
+
+    auth_token: BrokerSecret
+    feed_token: BrokerSecret | None = None
+    broker: Broker
+    user_id: str | None = Field(
+        default=None, max_length=255, description="The client id the broker knows the user by."
+    )
+    revoked: bool = Field(default=False, description="A revoked token is not stored at all.")
+
+
+class BrokerTokenRead(BaseModel):
+    name: str
+    broker: str
+    user_id: str | None
+    revoked: bool
+    has_feed_token: bool
+    updated_at: datetime
+
+
+class BrokerTokenWritten(BrokerTokenRead):
+    changed: bool = Field(
+        description="False when the same token, feed token, broker and state were stored already "
+        "(a second device logging in): callers need not tear down their broker feeds."
+    )
+
+
+class BrokerTokenSecret(BaseModel):
+    name: str
+    broker: str
+    user_id: str | None
+    auth_token: str
+    feed_token: str | None
+
+
+# --- API keys ----------------------------------------------------------------------------------
+
+
+class ApiKeyPut(InputSchema):
+    api_key: Annotated[SecretStr, AfterValidator(_api_key_chars)] | None = Field(
+        default=None,
+        description="Omit to have one generated (64 hex characters, from `secrets`).",
+    )
+
+
+class ApiKeyInfo(BaseModel):
+    user_id: str
+    order_mode: OrderMode
+    created_at: datetime = Field(description="When the current key was made.")
+
+
+class ApiKeyRead(ApiKeyInfo):
+    api_key: str
+
+
+class OrderModeUpdate(InputSchema):
+    order_mode: OrderMode
+
+
+class ApiKeyVerify(InputSchema):
+    api_key: Annotated[SecretStr, Field(min_length=1, max_length=256)]
+    include_auth: bool = False
+    include_feed_token: bool = False
+
+
+class ApiKeyVerification(BaseModel):
+    user_id: str
+    order_mode: OrderMode
+    broker: str | None = Field(description="The broker of the user's active broker token.")
+    broker_token: BrokerTokenState = Field(
+        description="Whether the user has an active, a revoked or no broker token."
+    )
+    auth_token: str | None = Field(default=None, description="Only with include_auth.")
+    feed_token: str | None = Field(default=None, description="Only with include_feed_token.")
+
+
+# --- sessions and login attempts ---------------------------------------------------------------
+
+
+class SessionCreate(InputSchema):
+    username: Username
+    session_id: str = Field(pattern=r"^[A-Za-z0-9._~-]{8,128}$")
+    device_info: str | None = Field(default=None, max_length=500)
+    ip_address: IpAddress | None = None
+    broker: Broker | None = None
+
+
+class SessionRead(Schema):
+    session_id: str
+    username: str
+    device_info: str | None
+    ip_address: str | None
+    broker: str | None
+    created_at: datetime = Field(description="The login time.")
+    last_seen: datetime
+
+
+class LoginAttemptCreate(InputSchema):
+    username: str = Field(min_length=1, max_length=255)
+    ip_address: IpAddress | None = None
+    device_info: str | None = Field(default=None, max_length=500)
+    status: LoginStatus
+    login_type: str | None = Field(default=None, max_length=20)
+    broker: Broker | None = None
+    failure_reason: str | None = Field(default=None, max_length=255)
+
+
+class LoginAttemptRead(Schema):
+    id: int
+    username: str
+    ip_address: str | None
+    device_info: str | None
+    status: LoginStatus
+    login_type: str | None
+    broker: str | None
+    failure_reason: str | None
+    created_at: datetime

@@ -1,0 +1,93 @@
+"""Every kind of secret, created through the API, is absent in plaintext from the database bytes
+(SQLite file and WAL; pg_dump on PostgreSQL) and from the logs (DEBUG, SQL included)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from service import totp
+from tests.support import BACKEND
+
+USERNAME = "alice-at-rest"  # not a secret: it must be found, or the search proves nothing
+BROKER = "broker-at-rest"
+
+
+async def _database_bytes(database_url: str) -> bytes:
+    url = make_url(database_url)
+    if BACKEND == "sqlite":
+        path = Path(url.database or "")
+        files = [path, path.with_name(path.name + "-wal")]
+        return b"".join(f.read_bytes() for f in files if f.exists())
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    process = await asyncio.create_subprocess_exec(
+        "pg_dump", "--no-owner", dsn, stdout=asyncio.subprocess.PIPE
+    )
+    dump, _ = await process.communicate()
+    assert process.returncode == 0
+    return dump
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> str:
+    """What the logs say, with every record's arguments and extra fields."""
+    return caplog.text + "".join(repr(record.__dict__) for record in caplog.records)
+
+
+async def test_no_plaintext_secret_in_the_database_or_the_logs(client, database_url, caplog):
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy")
+    password = "first-password-" + secrets.token_hex(8)
+    new_password = "second-password-" + secrets.token_hex(8)
+    auth_token = "auth-token-" + secrets.token_hex(8)
+    feed_token = "feed-token-" + secrets.token_hex(8)
+    smtp_password = "smtp-password-" + secrets.token_hex(8)
+
+    user = {"username": USERNAME, "email": "alice@example.com", "password": password}
+    assert (await client.post("/api/v1/users", json=user)).status_code == 201
+    url = f"/api/v1/users/{USERNAME}"
+    assert (await client.post(url + "/verify-password", json={"password": password})).json() == {
+        "valid": True
+    }
+    assert (await client.put(url + "/password", json={"password": new_password})).status_code == 204
+    totp_secret = (await client.get(url + "/totp")).json()["secret"]
+    code = totp.code_at(totp_secret, totp.current_step())
+    assert (await client.post(url + "/totp/verify", json={"code": code})).status_code == 200
+
+    api_key = (await client.put(f"/api/v1/auth/api-keys/{USERNAME}", json={})).json()["api_key"]
+    broker_token = {"auth_token": auth_token, "feed_token": feed_token, "broker": BROKER}
+    put = await client.put(f"/api/v1/auth/broker-tokens/{USERNAME}", json=broker_token)
+    assert put.status_code == 200
+    verified = await client.post(
+        "/api/v1/auth/api-keys/verify",
+        json={"api_key": api_key, "include_auth": True, "include_feed_token": True},
+    )
+    assert verified.json()["auth_token"] == auth_token  # the secrets did travel through here
+    assert (await client.get(f"/api/v1/auth/broker-tokens/{USERNAME}/secret")).status_code == 200
+    assert (await client.get(f"/api/v1/auth/api-keys/{USERNAME}")).json()["api_key"] == api_key
+    settings = {"smtp": {"password": smtp_password, "server": "smtp.example.com"}}
+    assert (await client.patch("/api/v1/settings", json=settings)).status_code == 200
+    assert (await client.get("/api/v1/settings/smtp-password")).json() == {
+        "password": smtp_password
+    }
+
+    stored = await _database_bytes(database_url)
+    logged = _logged(caplog)
+    assert USERNAME.encode() in stored and BROKER.encode() in stored
+    assert USERNAME in logged  # the SQL log is on: parameters are in it
+    plaintexts = {
+        "password": password,
+        "new password": new_password,
+        "API key": api_key,
+        "broker auth token": auth_token,
+        "broker feed token": feed_token,
+        "TOTP secret": totp_secret,
+        "SMTP password": smtp_password,
+    }
+    for what, plaintext in plaintexts.items():
+        assert plaintext.encode() not in stored, f"{what} stored in plaintext"
+        assert plaintext not in logged, f"{what} logged"
