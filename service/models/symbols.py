@@ -1,0 +1,74 @@
+"""The master contract: one row per instrument, and the version of the loaded contract.
+
+`(exchange, symbol)` is the primary key (it also serves "every row of an exchange", which partial
+loads and deletes need); `(token, exchange)` and `(brsymbol, exchange)` are indexed. On PostgreSQL
+a pg_trgm GIN index over the searchable text backs the database path of symbol search.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    Float,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    literal_column,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.models.base import Base
+
+# The text a search term is matched against: every searchable field, separated by a space. Terms
+# never contain whitespace, so "a term is a substring of one of the fields" is the same as "a term
+# is a substring of this", and one trigram index serves all four fields. Written exactly as
+# PostgreSQL prints it back, so that the index expression compares equal in `alembic check`, and
+# used verbatim by queries, so that the planner matches them with the index.
+SEARCH_TEXT_SQL = (
+    "((((((symbol::text || ' '::text) || brsymbol::text) || ' '::text)"
+    " || COALESCE(name, ''::character varying)::text) || ' '::text) || token::text)"
+)
+
+
+class Symbol(Base):
+    __tablename__ = "symbols"
+    __table_args__ = (
+        PrimaryKeyConstraint("exchange", "symbol", name="pk_symbols"),
+        Index("ix_symbols_token_exchange", "token", "exchange"),
+        Index("ix_symbols_brsymbol_exchange", "brsymbol", "exchange"),
+        # PostgreSQL only: SQLite has no GIN; alembic skips expression indexes it cannot reflect
+        # there, and SQLite searches the in-memory index instead.
+        Index(
+            "ix_symbols_search",
+            literal_column(SEARCH_TEXT_SQL).label("search_text"),
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
+    )
+
+    symbol: Mapped[str] = mapped_column(String)
+    brsymbol: Mapped[str] = mapped_column(String)
+    name: Mapped[str | None] = mapped_column(String)
+    exchange: Mapped[str] = mapped_column(String)
+    brexchange: Mapped[str | None] = mapped_column(String)
+    token: Mapped[str] = mapped_column(String)
+    expiry: Mapped[str | None] = mapped_column(String)
+    strike: Mapped[float | None] = mapped_column(Float)
+    lotsize: Mapped[int | None] = mapped_column(Integer)
+    instrumenttype: Mapped[str | None] = mapped_column(String)
+    tick_size: Mapped[float | None] = mapped_column(Float)
+
+
+class SymbolContract(Base):
+    """The one row saying which contract is loaded: its version (bumped by every load or delete,
+    and compared by every instance to decide whether its in-memory index is current)."""
+
+    __tablename__ = "symbol_contract"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    loaded_at: Mapped[datetime | None]
