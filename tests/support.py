@@ -72,3 +72,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0)
         if asyncio.get_running_loop().time() > deadline:
             return False
         await asyncio.sleep(0.02)
+
+
+async def add_users(db: Any, *names: str) -> None:
+    """Users arranged directly (no argon2 cost), for tests about what hangs off them."""
+    from sqlalchemy import text
+
+    async with db.begin() as conn:
+        for name in names:
+            await conn.execute(
+                text(
+                    "INSERT INTO users (username, email, password_hash, is_admin, "
+                    "totp_secret_encrypted, totp_enabled, totp_required_for_login, "
+                    "totp_required_for_mcp, totp_required_for_password_reset, updated_at, "
+                    "created_at) VALUES (:u, :e, 'x', false, 'x', false, false, false, false, "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"u": name, "e": f"{name}@example.com"},
+            )

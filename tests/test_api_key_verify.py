@@ -17,31 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.repositories import api_keys as api_keys_repo
 from service.security import Pepper
 from tests.conftest import ClientFactory
-from tests.support import PEPPER, RW_TOKEN, assert_problem, auth, eventually
+from tests.support import PEPPER, RW_TOKEN, add_users, assert_problem, auth, eventually
 
 VERIFY = "/api/v1/auth/api-keys/verify"
 TOKEN = {"auth_token": "broker-auth-1", "feed_token": "broker-feed-1", "broker": "zerodha"}
 
 
-async def _add_users(db: AsyncEngine, *names: str) -> None:
-    async with db.begin() as conn:
-        for name in names:
-            await conn.execute(
-                text(
-                    "INSERT INTO users (username, email, password_hash, is_admin, "
-                    "totp_secret_encrypted, totp_enabled, totp_required_for_login, "
-                    "totp_required_for_mcp, totp_required_for_password_reset, updated_at, "
-                    "created_at) VALUES (:u, :e, 'x', false, 'x', false, false, false, false, "
-                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                ),
-                {"u": name, "e": f"{name}@example.com"},
-            )
-
-
 async def _add_keys(db: AsyncEngine, count: int) -> None:
     """Other users with keys, arranged directly: one cheap hash for all, a digest each."""
     names = [f"user{n:03d}" for n in range(count)]
-    await _add_users(db, *names)
+    await add_users(db, *names)
     shared_hash = argon2.using(rounds=1, memory_cost=1024, parallelism=1).hash("x")
     pepper = Pepper(PEPPER.encode())
     async with db.begin() as conn:
@@ -59,7 +44,7 @@ async def _add_keys(db: AsyncEngine, count: int) -> None:
 @pytest.fixture
 async def key(client, db) -> str:
     """Alice's API key, made through the API."""
-    await _add_users(db, "alice")
+    await add_users(db, "alice")
     response = await client.put("/api/v1/auth/api-keys/alice", json={})
     assert response.status_code == 200
     return str(response.json()["api_key"])
@@ -156,7 +141,7 @@ class TestUnknownKey:
             assert seen.statements == [] and seen.checks == 0
 
     async def test_a_key_tried_before_it_existed_verifies_once_stored(self, client, db):
-        await _add_users(db, "alice")
+        await add_users(db, "alice")
         chosen = secrets.token_hex(32)
         assert_problem(await client.post(VERIFY, json={"api_key": chosen}), 401)  # now cached
         await client.put("/api/v1/auth/api-keys/alice", json={"api_key": chosen})
@@ -363,7 +348,7 @@ class TestAcrossInstances:
     async def _pair(self, client_factory: ClientFactory, db: AsyncEngine):  # type: ignore[no-untyped-def]
         one = await client_factory()
         two = await client_factory()
-        await _add_users(db, "alice")
+        await add_users(db, "alice")
         key = (await one.put("/api/v1/auth/api-keys/alice", json={})).json()["api_key"]
         await one.put("/api/v1/auth/broker-tokens/alice", json=TOKEN)
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.models.auth import LoginAttempt
 from service.security import Pepper
-from tests.support import PEPPER, RW_TOKEN, assert_problem, auth
+from tests.support import PEPPER, RW_TOKEN, add_users, assert_problem, auth
 
 TOKEN = {
     "auth_token": "broker-auth-token-1",
@@ -30,25 +30,9 @@ async def _rows(db: AsyncEngine, table: str) -> list[dict[str, object]]:
         return [dict(r._mapping) for r in result]
 
 
-async def _add_users(db: AsyncEngine, *names: str) -> None:
-    """Users arranged directly (no argon2 cost); these tests are about what hangs off them."""
-    async with db.begin() as conn:
-        for name in names:
-            await conn.execute(
-                text(
-                    "INSERT INTO users (username, email, password_hash, is_admin, "
-                    "totp_secret_encrypted, totp_enabled, totp_required_for_login, "
-                    "totp_required_for_mcp, totp_required_for_password_reset, updated_at, "
-                    "created_at) VALUES (:u, :e, 'x', false, 'x', false, false, false, false, "
-                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                ),
-                {"u": name, "e": f"{name}@example.com"},
-            )
-
-
 @pytest.fixture
 async def alice(db: AsyncEngine) -> str:
-    await _add_users(db, "alice")
+    await add_users(db, "alice")
     return "alice"
 
 
@@ -234,7 +218,7 @@ class TestPutApiKey:
         assert await _rows(db, "api_keys") == []
 
     async def test_key_of_another_user_is_409_and_keeps_both(self, client, db):
-        await _add_users(db, "alice", "bob")
+        await add_users(db, "alice", "bob")
         key = "s" * 64
         await client.put("/api/v1/auth/api-keys/alice", json={"api_key": key})
         response = await client.put("/api/v1/auth/api-keys/bob", json={"api_key": key})
@@ -335,7 +319,7 @@ class TestSessions:
         assert ids == ["session-0002", "session-0003"]
 
     async def test_at_most_five_per_user_and_the_oldest_goes(self, client, db):
-        await _add_users(db, "alice", "bob")
+        await add_users(db, "alice", "bob")
         await client.post(
             "/api/v1/auth/sessions", json={"username": "bob", "session_id": "bob-session-1"}
         )
@@ -365,7 +349,7 @@ class TestSessions:
         assert first["last_seen"] > first["created_at"]
 
     async def test_delete_one_and_all_of_a_user(self, client, db):
-        await _add_users(db, "alice", "bob")
+        await add_users(db, "alice", "bob")
         for n in (1, 2, 3):
             await client.post("/api/v1/auth/sessions", json=_session(n))
         await client.post(
@@ -390,7 +374,7 @@ class TestSessions:
         assert await _rows(db, "sessions") == []
 
     async def test_session_id_of_another_user_is_409(self, client, db):
-        await _add_users(db, "alice", "bob")
+        await add_users(db, "alice", "bob")
         await client.post("/api/v1/auth/sessions", json=_session(1))
         response = await client.post(
             "/api/v1/auth/sessions", json={"username": "bob", "session_id": "session-0001"}
