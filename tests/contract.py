@@ -24,19 +24,7 @@ from typing import IO, Any
 
 import orjson
 
-COLUMNS = (
-    "symbol",
-    "brsymbol",
-    "name",
-    "exchange",
-    "brexchange",
-    "token",
-    "expiry",
-    "strike",
-    "lotsize",
-    "instrumenttype",
-    "tick_size",
-)
+from service.symbol_index import COLUMNS  # the contract's own column order
 
 Row = dict[str, Any]
 
