@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from sqlalchemy.engine import make_url
 
 from service import migrate
@@ -20,6 +19,7 @@ from service.errors import add_exception_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics, cache_metrics, pool_metrics
 from service.middleware import ServiceMiddleware
+from service.openapi import build_openapi
 from service.routers import DOMAINS, api_router, bench, health
 from service.security import Keyring, TokenAuthenticator
 from service.state import AppState
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body=settings.MAX_BODY_BYTES,
         max_upload=settings.MAX_UPLOAD_BYTES,
     )
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
 
 
@@ -139,25 +139,6 @@ async def _prepare_until_ready(
     logger.error("not ready: %s; retrying", state.not_ready_reason)
     while not await _prepare(state, stack, domains, head):
         await asyncio.sleep(1)
-
-
-def _openapi(app: FastAPI) -> dict[str, object]:
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title,
-            version=app.version,
-            description=app.description,
-            routes=app.routes,
-        )
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "serviceToken": {"type": "http", "scheme": "bearer"}
-        }
-        for path, operations in schema.get("paths", {}).items():
-            if path.startswith("/api/v1"):
-                for operation in operations.values():
-                    operation["security"] = [{"serviceToken": []}]
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 def app_from_env() -> FastAPI:
