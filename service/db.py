@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -105,14 +106,26 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 
 
 def make_sessionmaker(
-    engine: AsyncEngine, bus: InvalidationBus
+    engine: AsyncEngine, bus: InvalidationBus, *, write: bool = False
 ) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, info={"bus": bus})
+    """Sessions on `engine`; with `write`, their transactions begin as writers.
+
+    The write intent is an execution option of the bind, so the transaction (on SQLite, the
+    write lock) begins with the first statement, not when the session is made: work a request
+    does before it touches the database (an argon2 hash, parsing) holds no lock.
+    """
+    bind = engine.execution_options(**{_WRITE_INTENT: True}) if write else engine
+    return async_sessionmaker(bind, expire_on_commit=False, info={"bus": bus})
+
+
+def dialect_of(session: AsyncSession) -> str:
+    """`sqlite` or `postgresql`: the backend the session's sessionmaker is bound to."""
+    return session.get_bind().dialect.name
 
 
 async def begin_write(session: AsyncSession) -> None:
     """Start the session's transaction as a writer (BEGIN IMMEDIATE on SQLite; no-op elsewhere)."""
-    if session.bind.dialect.name == "sqlite" and not session.in_transaction():
+    if dialect_of(session) == "sqlite" and not session.in_transaction():
         await session.connection(execution_options={_WRITE_INTENT: True})
 
 
@@ -123,21 +136,44 @@ async def begin_autocommit_read(session: AsyncSession) -> None:
     round trips cost more than the read. Call it first, and never in a request that writes.
     SQLite keeps its transaction (BEGIN is driven by the event above).
     """
-    if session.bind.dialect.name == "postgresql" and not session.in_transaction():
+    if dialect_of(session) == "postgresql" and not session.in_transaction():
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+@asynccontextmanager
+async def short_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession], *, write: bool = False
+) -> AsyncIterator[AsyncSession]:
+    """A transaction of its own, committed at the end of the block, rolled back if it raises.
+
+    For work that must not hold a transaction across something slow (an argon2 check, a cold
+    cache fill outside any request): read, compute with no connection held, then write briefly.
+    """
+    async with sessionmaker() as session:
+        if write:
+            await begin_write(session)
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request: committed when the handler returns, before the response is sent;
-    rolled back when it raises."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.store.sessionmaker
+    rolled back when it raises. A write request's transaction begins as a writer, at its first
+    statement."""
+    state = request.app.state.store
+    write = request.method not in _READ_METHODS
+    sessionmaker: async_sessionmaker[AsyncSession] = (
+        state.write_sessionmaker if write else state.sessionmaker
+    )
     async with sessionmaker() as session:
         try:
-            if request.method not in _READ_METHODS:
-                await begin_write(session)
             yield session
             if session.in_transaction():
                 await session.commit()

@@ -26,7 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db import begin_write
 from service.errors import AppError, DatabaseUnavailable, database_error_to_app_error
-from service.state import AppState
 
 logger = logging.getLogger("service.group_commit")
 
@@ -204,28 +203,3 @@ def _resolve(
         entry.future.set_exception(error)
     else:
         entry.future.set_result(ids)
-
-
-@asynccontextmanager
-async def serve_writer(
-    state: AppState, key: str, write: WriteFn, **options: Any
-) -> AsyncIterator[GroupCommitWriter]:
-    """Run a writer for the app's lifetime as `state.domains[key]`; flushed at shutdown."""
-    options.setdefault("wait_timeout", state.settings.DB_POOL_TIMEOUT)
-    # SQLite has one writer at a time anyway; PostgreSQL inserts two batches in parallel, so
-    # its server-side work (heap, indexes, WAL) is not serialised behind one connection.
-    options.setdefault("concurrency", 2 if state.backend == "postgresql" else 1)
-    writer = GroupCommitWriter(key, state.sessionmaker, write, **options)
-    async with writer.running():
-        state.domains[key] = writer
-        try:
-            yield writer
-        finally:
-            del state.domains[key]
-
-
-def writer_of(state: AppState, key: str) -> GroupCommitWriter:
-    writer: GroupCommitWriter | None = state.domains.get(key)
-    if writer is None:  # the lifespan did not start it: the schema is not at head
-        raise WriterClosed("Writes are unavailable until the schema is at head (/health/ready).")
-    return writer

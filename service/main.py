@@ -1,4 +1,4 @@
-"""The app factory: lifespan (engine, caches, invalidation listener, domains), routes, handlers."""
+"""The app factory: lifespan (engine, caches, invalidation listener, runtime), routes, handlers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from types import ModuleType
 
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
@@ -20,7 +19,8 @@ from service.logs import configure_logging
 from service.metrics import Metrics, cache_metrics, pool_metrics
 from service.middleware import ServiceMiddleware
 from service.openapi import build_openapi
-from service.routers import DOMAINS, api_router, bench, health
+from service.routers import API_ROUTES, health
+from service.runtime import build_runtime, warmed, writers_running
 from service.security import Keyring, TokenAuthenticator
 from service.state import AppState
 
@@ -50,28 +50,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
         bus = InvalidationBus(_listen_dsn(settings))
+        caches = CacheRegistry(bus)
+        keyring = Keyring(settings)
+        sessionmaker = make_sessionmaker(engine, bus)
         state = AppState(
             settings=settings,
             engine=engine,
-            sessionmaker=make_sessionmaker(engine, bus),
+            sessionmaker=sessionmaker,
+            write_sessionmaker=make_sessionmaker(engine, bus, write=True),
             bus=bus,
-            caches=CacheRegistry(bus),
-            keyring=Keyring(settings),
+            caches=caches,
+            keyring=keyring,
             metrics=metrics,
+            runtime=build_runtime(settings, sessionmaker, caches, bus, keyring),
         )
         app.state.store = state
         app.state.migration_head = migrate.head_revision()
         metrics.add_collector(lambda: pool_metrics(engine.pool))
         metrics.add_collector(lambda: cache_metrics(state.caches))
-        domains = [*DOMAINS, bench] if settings.BENCH_ENDPOINTS else list(DOMAINS)
         async with AsyncExitStack() as stack:
+            # Left in reverse: warm-up tasks stop, the writers flush, the listener stops, and the
+            # engine goes last.
             stack.push_async_callback(engine.dispose)
             await bus.start()
             stack.push_async_callback(bus.stop)
+            await stack.enter_async_context(writers_running(state.runtime))
             retry: asyncio.Task[None] | None = None
-            if not await _prepare(state, stack, domains, app.state.migration_head):
+            if not await _prepare(state, stack, app.state.migration_head):
                 retry = asyncio.create_task(
-                    _prepare_until_ready(state, stack, domains, app.state.migration_head)
+                    _prepare_until_ready(state, stack, app.state.migration_head)
                 )
             try:
                 yield
@@ -88,9 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     add_exception_handlers(app)
     app.include_router(health.router)
-    app.include_router(api_router)
-    if settings.BENCH_ENDPOINTS:
-        app.include_router(bench.router)
+    app.router.routes.extend(API_ROUTES)
     app.add_middleware(
         ServiceMiddleware,
         metrics=metrics,
@@ -102,10 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _prepare(
-    state: AppState, stack: AsyncExitStack, domains: list[ModuleType], head: str | None
-) -> bool:
-    """Check the schema (migrating the embedded SQLite default) and start every domain.
+async def _prepare(state: AppState, stack: AsyncExitStack, head: str | None) -> bool:
+    """Check the schema (migrating the embedded SQLite default) and warm the runtime.
 
     Until this succeeds, /api/v1 answers 503 and /health/ready says why.
     """
@@ -119,10 +122,7 @@ async def _prepare(
                     f"schema is at {current} but head is {head}: run `python -m service migrate`"
                 )
                 return False
-            for domain in domains:
-                domain_lifespan = getattr(domain, "lifespan", None)
-                if domain_lifespan is not None:
-                    await attempt.enter_async_context(domain_lifespan(state))
+            await attempt.enter_async_context(warmed(state.runtime))
         except Exception as exc:
             state.not_ready_reason = f"database unreachable at start-up ({type(exc).__name__})"
             logger.warning("not ready: %s", exc)
@@ -133,11 +133,9 @@ async def _prepare(
     return True
 
 
-async def _prepare_until_ready(
-    state: AppState, stack: AsyncExitStack, domains: list[ModuleType], head: str | None
-) -> None:
+async def _prepare_until_ready(state: AppState, stack: AsyncExitStack, head: str | None) -> None:
     logger.error("not ready: %s; retrying", state.not_ready_reason)
-    while not await _prepare(state, stack, domains, head):
+    while not await _prepare(state, stack, head):
         await asyncio.sleep(1)
 
 
@@ -145,3 +143,12 @@ def app_from_env() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     return create_app(settings)
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`service.main:app`, the contract's entry point (`uvicorn service.main:app`): built from
+    the environment on first access, so importing this module reads no settings."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = globals()["app"] = app_from_env()
+    return app

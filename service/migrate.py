@@ -33,7 +33,8 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         )
         if not has_table:
             return None
-        return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        version: str | None = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        return version
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:

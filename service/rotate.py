@@ -13,12 +13,13 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.config import Settings
-from service.db import begin_write, make_engine
+from service.db import begin_write, make_engine, short_transaction
+from service.errors import AppError
 from service.models.auth import ApiKey, BrokerToken
 from service.models.settings import PlatformSettings
 from service.models.users import User
 from service.repositories import api_keys as api_keys_repo
-from service.security import Keyring, SecretUnreadable
+from service.security import Keyring, SecretUnreadable, run_argon2
 
 BATCH = 500
 
@@ -33,7 +34,54 @@ ENCRYPTED: list[tuple[type[Any], tuple[str, ...]]] = [
 # Values derived from a secret under the pepper (keyed digests, hashes) that a domain recomputes
 # from the decrypted secret, after the re-encryption above; each returns its counts.
 Rederive = Callable[[async_sessionmaker[AsyncSession], Keyring], Awaitable[dict[str, int]]]
-REDERIVED: list[Rederive] = [api_keys_repo.rederive_all]
+
+
+# --- API keys: digests and hashes under the newest pepper ------------------------------------
+
+REDERIVE_BATCH = 50
+
+
+async def rederive_api_keys(
+    sessionmaker: async_sessionmaker[AsyncSession], keyring: Keyring
+) -> dict[str, int]:
+    """Recompute digest and hash of every key not yet under the newest pepper.
+
+    The plaintext comes from the Fernet ciphertext, so keys nobody used during the rotation keep
+    verifying once the previous pepper is dropped. argon2 runs outside any transaction; each row
+    is updated only if its digest is still the one read.
+    """
+    changed = unreadable = 0
+    last = 0
+    while True:
+        async with short_transaction(sessionmaker) as session:
+            rows = await api_keys_repo.key_page(session, last, REDERIVE_BATCH)
+        updates = []
+        for row in rows:
+            try:
+                plaintext = keyring.decrypt(row.key_encrypted)
+            except AppError:
+                unreadable += 1
+                continue
+            digest = keyring.pepper.digest(plaintext)
+            if digest != row.key_digest:
+                key_hash = await run_argon2(keyring.passwords.hash, plaintext)
+                updates.append((row.id, row.key_digest, digest, key_hash))
+        if updates:
+            async with short_transaction(sessionmaker, write=True) as session:
+                for row_id, old, digest, key_hash in updates:
+                    changed += await api_keys_repo.move_key_digest(
+                        session, row_id, old, digest, key_hash
+                    )
+        if len(rows) < REDERIVE_BATCH:
+            break
+        last = rows[-1].id
+    counts = {"api_keys.key_digest": changed}
+    if unreadable:
+        counts["api_keys.key_digest.unreadable"] = unreadable
+    return counts
+
+
+REDERIVED: list[Rederive] = [rederive_api_keys]
 
 
 async def reencrypt_all(engine: AsyncEngine, keyring: Keyring) -> dict[str, int]:

@@ -7,12 +7,17 @@ still accepted when reading, so a rotated deployment keeps every stored secret r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
+import os
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
@@ -23,6 +28,27 @@ from service.config import ServiceToken, Settings
 from service.errors import AppError, DatabaseUnavailable, Forbidden, Unauthorized
 
 PBKDF2_ITERATIONS = 600_000
+T = TypeVar("T")
+
+# Each argon2 computation takes 64 MiB and already runs four lanes: more at once than this only
+# adds memory, never throughput. Off the event loop, and out of the thread pool others share.
+ARGON2_CONCURRENCY = max(1, min(4, os.cpu_count() or 1))
+_argon2_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def run_argon2(function: Callable[..., T], *args: object) -> T:
+    """Run an argon2 hash or check (or a function made of them) in a worker thread.
+
+    Callers run it before their transaction begins: on SQLite a write transaction holds the
+    database's one write lock for as long as it lasts.
+    """
+    loop = asyncio.get_running_loop()
+    limiter = _argon2_limiters.get(loop)
+    if limiter is None:
+        limiter = _argon2_limiters[loop] = CapacityLimiter(ARGON2_CONCURRENCY)
+    return await to_thread.run_sync(function, *args, limiter=limiter)
 
 
 class SecretUnreadable(AppError):
@@ -106,16 +132,22 @@ class Keyring:
 _argon2 = CryptContext(schemes=["argon2"], deprecated="auto")
 
 
+@lru_cache(maxsize=8)
+def _dummy_hash(context: CryptContext, pepper: str) -> str:
+    """A hash verified when the user is unknown, so both paths cost one argon2 check; made once
+    per process and pepper (an app instance is not the unit: tests build hundreds)."""
+    return str(context.hash("dummy-password" + pepper))
+
+
 class PasswordHasher:
     """argon2 over secret + pepper; hashes made under a previous pepper still verify."""
 
     def __init__(self, peppers: tuple[Pepper, ...]) -> None:
         self._peppers = tuple(p.value.decode() for p in peppers)
-        # Verified when the user is unknown, so both paths cost one argon2 check.
-        self._dummy = _argon2.hash("dummy-password" + self._peppers[0])
+        self._dummy = _dummy_hash(_argon2, self._peppers[0])
 
     def hash(self, secret: str) -> str:
-        return _argon2.hash(secret + self._peppers[0])
+        return str(_argon2.hash(secret + self._peppers[0]))
 
     def verify(self, secret: str, stored: str | None) -> tuple[bool, str | None]:
         """Return (valid, new_hash); new_hash is set when the stored hash should be replaced."""

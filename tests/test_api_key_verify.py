@@ -284,7 +284,7 @@ class TestWritesAreSeenAtOnce:
         self, client, key, monkeypatch
     ):
         state = client.app.state.store
-        verifier = api_keys_repo.verifier(state)
+        verifier = state.runtime.verifier
         original = verifier._look_up
         cache = state.caches.get("api_keys")
 
@@ -321,7 +321,7 @@ class TestConcurrentColdRequests:
         self, client, key, monkeypatch
     ):
         state = client.app.state.store
-        verifier = api_keys_repo.verifier(state)
+        verifier = state.runtime.verifier
         original = verifier._look_up
         calls = 0
         late: list[asyncio.Task[object]] = []

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.models.traffic import IPBan, IPOffenceCounter
 from service.repositories import bans as bans_repo
+from service.runtime import bans as runtime_bans
 from tests.conftest import ClientFactory
 from tests.support import assert_problem, eventually
 from tests.test_group_commit import statements
@@ -57,7 +58,8 @@ async def warm(client: Any, *addresses: str) -> None:
 def later(monkeypatch: pytest.MonkeyPatch, hours: float) -> None:
     """Move the ban logic's clock forward, as the passing of time would."""
     real = datetime.now(UTC)
-    monkeypatch.setattr(bans_repo, "utcnow", lambda: real + timedelta(hours=hours))
+    for module in (bans_repo, runtime_bans):
+        monkeypatch.setattr(module, "utcnow", lambda: real + timedelta(hours=hours))
 
 
 class TestCreateBan:

@@ -203,7 +203,7 @@ class TestShutdown:
             transport=httpx.ASGITransport(app=app), base_url="http://test", headers=auth()
         )
         state = app.state.store
-        writer = state.domains["writer:traffic_logs"]
+        writer = state.runtime.writers.traffic_logs
         async with table_write_lock(db, "traffic_logs"):
             posts = [
                 asyncio.create_task(client.post("/api/v1/traffic/logs", json=traffic_row(i)))

@@ -650,7 +650,11 @@ class TestByWebhook:
         webhook_id = await insert_strategy(db, family)
         url = f"{family.path}/by-webhook/{webhook_id}"
         before = (await client.get(url)).json()
-        cache = client.app.state.store.domains[f"{family.name}.by-webhook"].entries
+        runtime = client.app.state.store.runtime
+        lookup = (
+            runtime.strategy_webhooks if family.name == "strategies" else runtime.chartink_webhooks
+        )
+        cache = lookup.entries
         misses = cache.misses
         duplicate = await client.post(
             f"{family.path}/{before['id']}/symbols", json=family.mapping("A")

@@ -62,7 +62,7 @@ def keys(items: list[dict[str, Any]]) -> list[tuple[str, str]]:
 async def search(client: Any, *, database: bool = False, **params: Any) -> Any:
     """One search through HTTP, answered by the in-memory index or (database=True) by the
     database path, which serves while no index is built."""
-    holder = client.app.state.store.domains["symbols"]
+    holder = client.app.state.store.runtime.symbols
     index = holder.index
     if database:
         holder.index = None

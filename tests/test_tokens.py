@@ -146,7 +146,7 @@ class TestLookupOne:
 
     async def test_without_an_index_it_is_503_not_a_database_query(self, client):
         await put_contract(client, ROWS)
-        holder = client.app.state.store.domains["symbols"]
+        holder = client.app.state.store.runtime.symbols
         index, holder.index = holder.index, None
         try:
             with recorded_sql(client) as statements:

@@ -1,4 +1,4 @@
-"""IP defence: bans (with expiry and repeat counting), the in-memory ban check, and the daily
+"""IP defence: bans (with expiry and repeat counting) and the daily
 404 / invalid-API-key counters that ban automatically at the thresholds in settings."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.cache import CacheRegistry, InvalidationBus, invalidate
+from service.cache import invalidate
 from service.config import IPNetwork
 from service.db import begin_write
 from service.errors import NotFound, ValidationFailed
 from service.models.base import utcnow
 from service.models.traffic import IPBan, IPOffenceCounter
 from service.schemas.settings import SecuritySettings
-from service.schemas.traffic import BanRead, BanStatus, OffenceCount, SuspiciousIP
+from service.schemas.traffic import BanRead, OffenceCount, SuspiciousIP
 
 TOPIC = "bans"
 DEFAULT_BAN_HOURS = 24
@@ -136,42 +136,8 @@ async def list_bans(session: AsyncSession, *, include_expired: bool) -> list[IPB
     return list((await session.scalars(query)).all())
 
 
-_NOT_BANNED = BanStatus(banned=False, ban=None)
-
-
-class BanCache:
-    """Answers "is this IP banned?" from memory: every address asked about, banned or not.
-
-    Entries are dropped through the one invalidation path (topic `bans`, key = the address) on
-    every instance. Expiry is checked when answering, so a temporary ban stops counting on time
-    without any job having to run. A lookup that raced with an invalidation is answered but not
-    cached, so a ban committed meanwhile is never hidden behind a stale "not banned".
-    """
-
-    def __init__(self, caches: CacheRegistry, bus: InvalidationBus) -> None:
-        self._cache = caches.get("bans", topic=TOPIC)
-        self._generation = 0
-        bus.subscribe(TOPIC, self._changed)
-
-    def _changed(self, _key: str) -> None:
-        self._generation += 1
-
-    async def status(self, sessionmaker: async_sessionmaker[AsyncSession], ip: str) -> BanStatus:
-        entry: BanStatus | None = self._cache.get(ip)
-        if entry is None:
-            generation = self._generation
-            async with sessionmaker() as session:
-                row = await session.scalar(select(IPBan).where(IPBan.ip_address == ip))
-            entry = (
-                BanStatus(banned=True, ban=BanRead.model_validate(row))
-                if row is not None
-                else _NOT_BANNED
-            )
-            if generation == self._generation:
-                self._cache.set(ip, entry)
-        if entry.ban is not None and not is_active(entry.ban, utcnow()):
-            return _NOT_BANNED
-        return entry
+async def find_ban(session: AsyncSession, ip: str) -> IPBan | None:
+    return await session.scalar(select(IPBan).where(IPBan.ip_address == ip))
 
 
 # --- 404 and invalid-API-key counters ----------------------------------------------------------

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cache import CacheRegistry, invalidate
+from service.db import dialect_of
 from service.models.settings import PlatformSettings
 from service.schemas.settings import (
     SecuritySettings,
@@ -63,7 +64,7 @@ async def update_settings(
     session: AsyncSession, keyring: Keyring, data: SettingsUpdate
 ) -> SettingsRead:
     # Create the row if needed and lock it, so concurrent first writes cannot collide.
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
     await session.execute(insert(PlatformSettings).values(id=1).on_conflict_do_nothing())
     row = await session.get(PlatformSettings, 1, with_for_update=True, populate_existing=True)
     assert row is not None

@@ -12,13 +12,13 @@ import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, bindparam, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from service.cache import LocalCache, invalidate
+from service.cache import invalidate
 from service.db import begin_autocommit_read
 from service.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from service.models.strategies import (
@@ -28,7 +28,6 @@ from service.models.strategies import (
     StrategySymbolMapping,
 )
 from service.schemas import strategies as schemas
-from service.state import AppState
 
 AnyStrategy = Strategy | ChartinkStrategy
 AnyMapping = StrategySymbolMapping | ChartinkSymbolMapping
@@ -138,7 +137,8 @@ async def list_strategies(
         query = query.where(kind.strategy.user_id == user_id)
     if is_active is not None:
         query = query.where(kind.strategy.is_active == is_active)
-    return (await session.scalars(query.order_by(kind.strategy.id))).all()
+    rows = (await session.scalars(query.order_by(kind.strategy.id))).all()
+    return cast(Sequence[AnyStrategy], rows)
 
 
 _MAPPING_FIELDS = ("id", "strategy_id", "symbol", "exchange", "quantity", "product_type")
@@ -177,6 +177,13 @@ async def _get_detail(
     return detail
 
 
+async def get_detail_by_webhook(
+    session: AsyncSession, kind: StrategyKind, webhook_id: str
+) -> dict[str, Any] | None:
+    """The strategy with its symbols, by webhook id (one statement), or None."""
+    return await _get_detail(session, kind, "webhook_id", webhook_id)
+
+
 async def get_strategy(
     session: AsyncSession, kind: StrategyKind, *, strategy_id: int
 ) -> dict[str, Any]:
@@ -197,7 +204,7 @@ async def update_strategy(
 ) -> AnyStrategy:
     # Locked, so that two concurrent updates cannot each pass the time check on their own and
     # together leave an invalid strategy.
-    row = await session.get(kind.strategy, strategy_id, with_for_update=True)
+    row: AnyStrategy | None = await session.get(kind.strategy, strategy_id, with_for_update=True)
     if row is None:
         raise _not_found(kind, strategy_id)
     changes = data.model_dump(exclude_unset=True)
@@ -240,7 +247,8 @@ async def list_mappings(
 ) -> Sequence[AnyMapping]:
     await _webhook_id(session, kind, strategy_id)
     query = select(kind.mapping).where(kind.mapping.strategy_id == strategy_id)
-    return (await session.scalars(query.order_by(kind.mapping.id))).all()
+    rows = (await session.scalars(query.order_by(kind.mapping.id))).all()
+    return cast(Sequence[AnyMapping], rows)
 
 
 async def add_mappings(
@@ -300,44 +308,3 @@ async def delete_mapping(
             f"{kind.label.capitalize()} {strategy_id} has no symbol mapping {mapping_id}."
         )
     await invalidate(session, kind.topic, webhook_id)
-
-
-# --- the by-webhook lookup ----------------------------------------------------------------------
-
-
-class WebhookLookup:
-    """webhook_id → the strategy with its symbols, rendered as JSON once and kept in memory until
-    a change to the strategy or its mappings invalidates it (on every instance).
-
-    The hit path touches no session at all; a miss opens its own. A fill is kept only if no
-    invalidation of the topic arrived while it read: a read that started before a change
-    committed would otherwise store the old strategy after its invalidation had passed, and
-    serve it until the TTL backstop.
-    """
-
-    def __init__(self, state: AppState, kind: StrategyKind) -> None:
-        self.kind = kind
-        self.entries: LocalCache[str, bytes] = state.caches.get(kind.topic, topic=kind.topic)
-        self._sessionmaker = state.sessionmaker
-
-    async def get(self, webhook_id: str) -> bytes:
-        body = self.entries.get(webhook_id)
-        if body is not None:
-            return body
-        generation = self.entries.generation
-        async with self._sessionmaker() as session:
-            await begin_autocommit_read(session)
-            detail = await _get_detail(session, self.kind, "webhook_id", webhook_id)
-        if detail is None:
-            raise NotFound(f"No {self.kind.label} has webhook id {webhook_id!r}.")
-        body = self.kind.detail.model_validate(detail).model_dump_json(by_alias=True).encode()
-        self.entries.set_if_current(webhook_id, body, generation)
-        return body
-
-
-def webhook_lookup(state: AppState, kind: StrategyKind) -> WebhookLookup:
-    """The app's lookup for `kind`, made on first use."""
-    lookup = state.domains.get(kind.topic)
-    if lookup is None:
-        lookup = state.domains[kind.topic] = WebhookLookup(state, kind)
-    return lookup  # type: ignore[no-any-return]

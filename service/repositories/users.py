@@ -2,62 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import weakref
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any
 
-from anyio import CapacityLimiter, to_thread
 from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import totp
-from service.db import begin_write
 from service.errors import Conflict, NotFound
 from service.models.users import User
-from service.repositories import api_keys as api_keys_repo
 from service.schemas.users import UserCreate, UserUpdate
 from service.security import Keyring
-
-T = TypeVar("T")
-
-# Each argon2 computation takes 64 MiB and already runs four lanes: more at once than this only
-# adds memory, never throughput. Off the event loop, and out of the thread pool others share.
-ARGON2_CONCURRENCY = max(1, min(4, os.cpu_count() or 1))
-_argon2_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def run_argon2(function: Callable[..., T], *args: object) -> T:
-    """Run an argon2 hash or check (or a function made of them) in a worker thread."""
-    loop = asyncio.get_running_loop()
-    limiter = _argon2_limiters.get(loop)
-    if limiter is None:
-        limiter = _argon2_limiters[loop] = CapacityLimiter(ARGON2_CONCURRENCY)
-    return await to_thread.run_sync(function, *args, limiter=limiter)
-
-
-@asynccontextmanager
-async def short_transaction(
-    sessionmaker: async_sessionmaker[AsyncSession], *, write: bool = False
-) -> AsyncIterator[AsyncSession]:
-    """A transaction of its own, for routes that must not hold one across an argon2 check.
-
-    A request session would keep its connection (and on SQLite the write lock) for the ~0.1 s
-    an argon2 check takes; these routes read, check with no connection held, then write briefly.
-    """
-    async with sessionmaker() as session:
-        if write:
-            await begin_write(session)
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
 
 
 def user_not_found(username: str) -> NotFound:
@@ -98,8 +52,13 @@ async def _email_taken(session: AsyncSession, email: str, *, other_than: int | N
     return await session.scalar(query) is not None
 
 
-async def create_user(session: AsyncSession, keyring: Keyring, data: UserCreate) -> User:
-    """Create a user with a fresh TOTP secret (stored encrypted; TOTP stays off until enabled)."""
+async def create_user(
+    session: AsyncSession, keyring: Keyring, data: UserCreate, password_hash: str
+) -> User:
+    """Create a user with a fresh TOTP secret (stored encrypted; TOTP stays off until enabled).
+
+    `password_hash` is computed by the caller before the transaction begins.
+    """
     taken = (
         await session.execute(
             select(User.username, User.email).where(
@@ -110,7 +69,6 @@ async def create_user(session: AsyncSession, keyring: Keyring, data: UserCreate)
     if taken is not None:
         what = "username" if taken.username == data.username else "email"
         raise Conflict(f"A user with this {what} exists already.")
-    password_hash = await run_argon2(keyring.passwords.hash, data.password.get_secret_value())
     user = User(
         username=data.username,
         email=data.email,
@@ -134,43 +92,35 @@ async def update_user(session: AsyncSession, username: str, data: UserUpdate) ->
     return user
 
 
-async def set_password(
-    session: AsyncSession, keyring: Keyring, username: str, password: str
-) -> None:
+async def set_password(session: AsyncSession, username: str, password_hash: str) -> None:
     user = await get_user(session, username, lock=True)
-    user.password_hash = await run_argon2(keyring.passwords.hash, password)
+    user.password_hash = password_hash
     await session.flush()
 
 
 async def delete_user(session: AsyncSession, username: str) -> None:
-    """Delete the user; the database cascades to its API key, broker token and sessions."""
+    """Delete the user; the database cascades to its API key, broker token and sessions.
+
+    The caller invalidates the cached verification of the user's API key in the same
+    transaction (`api_keys.invalidate_user`).
+    """
     user = await get_user(session, username, lock=True)
-    await api_keys_repo.invalidate_user(session, username)
     await session.delete(user)
     await session.flush()
 
 
-async def verify_password(
-    sessionmaker: async_sessionmaker[AsyncSession], keyring: Keyring, username: str, password: str
-) -> bool:
-    """Check a password; unknown users take the same path. A stale hash is replaced on success."""
-    async with short_transaction(sessionmaker) as session:
-        row = (
-            await session.execute(
-                select(User.id, User.password_hash).where(User.username == username)
-            )
-        ).first()
-    stored = row.password_hash if row is not None else None
-    valid, new_hash = await run_argon2(keyring.passwords.verify, password, stored)
-    if valid and new_hash is not None and row is not None:
-        async with short_transaction(sessionmaker, write=True) as session:
-            # Only if no one changed the password meanwhile.
-            await session.execute(
-                update(User)
-                .where(User.id == row.id, User.password_hash == stored)
-                .values(password_hash=new_hash)
-            )
-    return valid
+async def password_of(session: AsyncSession, username: str) -> Any:
+    """(id, password_hash) of the user, or None."""
+    return (
+        await session.execute(select(User.id, User.password_hash).where(User.username == username))
+    ).first()
+
+
+async def replace_password_hash(session: AsyncSession, user_id: int, old: str, new: str) -> None:
+    """Store a re-hashed password, only if no one changed the password meanwhile."""
+    await session.execute(
+        update(User).where(User.id == user_id, User.password_hash == old).values(password_hash=new)
+    )
 
 
 async def get_totp(session: AsyncSession, keyring: Keyring, username: str) -> tuple[str, str]:

@@ -1,16 +1,10 @@
 """Every domain router, mounted under /api/v1.
 
-A domain module exposes `router` and, optionally, `lifespan(state)`: an async context manager
-the app enters at start-up and leaves at shutdown (caches to warm, writers to flush).
+A domain module exposes `router`; what lives longer than a request is in service/runtime/.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
-from fastapi import APIRouter, Depends
-
-from service.errors import PROBLEM_RESPONSES
 from service.routers import (
     analyzer_logs,
     auth,
@@ -24,9 +18,8 @@ from service.routers import (
     traffic,
     users,
 )
-from service.security import current_principal
 
-DOMAINS: tuple[ModuleType, ...] = (
+DOMAINS = (
     settings,
     users,
     auth,
@@ -40,8 +33,5 @@ DOMAINS: tuple[ModuleType, ...] = (
     latency,
 )
 
-api_router = APIRouter(
-    prefix="/api/v1", dependencies=[Depends(current_principal)], responses=PROBLEM_RESPONSES
-)
-for _domain in DOMAINS:
-    api_router.include_router(_domain.router)
+# Every /api/v1 route, to be mounted flat on the app (see service/routers/base.py).
+API_ROUTES = [route for domain in DOMAINS for route in domain.router.routes]

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from service.models.logs import AnalyzerLog
-from service.routers.order_logs import api_log_router
+from service.routers.api_log_routes import api_log_router
 
-router, lifespan = api_log_router(AnalyzerLog, prefix="/analyzer-logs")
+router = api_log_router(AnalyzerLog, prefix="/analyzer-logs", writer=lambda w: w.analyzer_logs)

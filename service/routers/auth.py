@@ -5,14 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
+from service import accounts
 from service.db import SessionDep
 from service.errors import Forbidden, problems
 from service.models.auth import ApiKey, BrokerToken
 from service.pagination import DEFAULT_LIMIT, CursorPage, CursorParam, LimitParam
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import auth as auth_repo
+from service.routers.base import domain_router
+from service.runtime.api_keys import broker_tokens
 from service.schemas.auth import (
     ApiKeyInfo,
     ApiKeyPut,
@@ -32,9 +35,9 @@ from service.schemas.auth import (
 )
 from service.schemas.base import Deleted, Items
 from service.security import SECRETS, PrincipalDep
-from service.state import StateDep
+from service.state import StateDep, VerifierDep
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = domain_router("/auth", "auth")
 
 
 def _metadata(row: BrokerToken) -> dict[str, Any]:
@@ -111,7 +114,7 @@ async def revoke_broker_token(name: str, session: SessionDep) -> BrokerTokenRead
     responses=problems(400, 404, 409, 410, 415),
 )
 async def verify_api_key(
-    body: ApiKeyVerify, state: StateDep, principal: PrincipalDep
+    body: ApiKeyVerify, verifier: VerifierDep, state: StateDep, principal: PrincipalDep
 ) -> ApiKeyVerification:
     """Verify an API key: its user, order mode and broker; optionally the broker tokens.
 
@@ -123,7 +126,7 @@ async def verify_api_key(
     reveal = body.include_auth or body.include_feed_token
     if reveal and not principal.has("secrets"):
         raise Forbidden("include_auth and include_feed_token need the 'secrets' scope.")
-    owner = await api_keys_repo.verifier(state).verify(body.api_key.get_secret_value())
+    owner = await verifier.verify(body.api_key.get_secret_value())
     answer = ApiKeyVerification(
         user_id=owner.user_id,
         order_mode=owner.order_mode,
@@ -131,7 +134,7 @@ async def verify_api_key(
         broker_token=owner.broker_token,
     )
     if reveal:
-        auth_token, feed_token = api_keys_repo.broker_tokens(
+        auth_token, feed_token = broker_tokens(
             state.keyring, owner, auth=body.include_auth, feed=body.include_feed_token
         )
         if body.include_auth:
@@ -155,7 +158,10 @@ async def put_api_key(
     Needs the `secrets` scope, since the answer carries the key.
     """
     supplied = body.api_key.get_secret_value() if body.api_key is not None else None
-    row, plaintext = await api_keys_repo.put_api_key(session, state.keyring, user_id, supplied)
+    plaintext = supplied or api_keys_repo.generate_key()
+    # Hashed before the request's first statement, so no transaction waits for argon2.
+    key_hash = await accounts.hash_secret(state.keyring, plaintext)
+    row = await api_keys_repo.put_api_key(session, state.keyring, user_id, plaintext, key_hash)
     return _key_read(row, plaintext)
 
 

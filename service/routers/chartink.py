@@ -1,6 +1,8 @@
 """chartink: ChartInk screener strategies and their symbol mappings (the `strategies` routes)."""
 
-from service.repositories.strategies import CHARTINK
-from service.routers.strategies import make_router
+from __future__ import annotations
 
-router = make_router(CHARTINK)
+from service.repositories.strategies import CHARTINK
+from service.routers.strategy_routes import make_router
+
+router = make_router(CHARTINK, lambda runtime: runtime.chartink_webhooks)

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 from sqlalchemy import Table
 
 from service.db import SessionDep
 from service.errors import problems
-from service.group_commit import serve_writer, writer_of
 from service.models.latency import OrderLatency
 from service.pagination import DEFAULT_LIMIT, CursorPage, CursorParam, LimitParam
 from service.repositories import latency as latency_repo
 from service.repositories import logs as logs_repo
+from service.routers.base import domain_router
 from service.schemas.base import Deleted
 from service.schemas.latency import LatencyCreate, LatencyRead, LatencyStats, OrderStatus
 from service.schemas.logs import Batch, BeforeParam, Count, SinceParam, UntilParam
-from service.state import AppState, StateDep
+from service.state import StateDep, WritersDep
 
-router = APIRouter(prefix="/latency", tags=["latency"])
+router = domain_router("/latency", "latency")
 
-WRITER = "writer:order_latency"
 _table = cast(Table, OrderLatency.__table__)
 _batch = Batch(LatencyCreate)
 
@@ -38,10 +35,10 @@ Broker = Annotated[str | None, Query(max_length=50)]
     openapi_extra=_batch.openapi,
 )
 async def create_latency(
-    state: StateDep, items: Annotated[list[LatencyCreate], Depends(_batch)]
+    writers: WritersDep, items: Annotated[list[LatencyCreate], Depends(_batch)]
 ) -> Count:
     """Write one timing or a batch of up to 1000; answered once they are committed."""
-    await writer_of(state, WRITER).submit(logs_repo.rows_from(items, "timestamp"))
+    await writers.latency.submit(logs_repo.rows_from(items, "timestamp"))
     return Count(count=len(items))
 
 
@@ -76,11 +73,3 @@ async def delete_latency(state: StateDep, before: BeforeParam) -> Deleted:
     """Delete timings older than `before`, in short transactions; returns how many."""
     deleted = await logs_repo.delete_before(state.sessionmaker, _table, _table.c.timestamp, before)
     return Deleted(deleted=deleted)
-
-
-@asynccontextmanager
-async def lifespan(state: AppState) -> AsyncIterator[None]:
-    async with serve_writer(
-        state, WRITER, lambda session, rows: logs_repo.insert_rows(session, _table, rows)
-    ):
-        yield

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from service.db import SessionDep
 from service.errors import problems
 from service.repositories import settings as settings_repo
+from service.routers.base import domain_router
 from service.schemas.settings import SettingsRead, SettingsUpdate, SmtpPassword
 from service.security import SECRETS
 from service.state import StateDep
 
-router = APIRouter(prefix="/settings", tags=["settings"])
+router = domain_router("/settings", "settings")
 
 
 @router.get("", response_model=SettingsRead)

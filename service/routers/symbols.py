@@ -4,19 +4,14 @@ trigram index only while no index is built)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Query, Request, Response
 
 from service.db import SessionDep
 from service.errors import (
-    DatabaseUnavailable,
     NotFound,
     UnsupportedMediaType,
     ValidationFailed,
@@ -24,16 +19,16 @@ from service.errors import (
 )
 from service.repositories import symbol_load
 from service.repositories import symbols as symbols_repo
+from service.routers.base import domain_router
 from service.schemas.base import Deleted, Items
 from service.schemas.symbols import SymbolLoadRead, SymbolRead, SymbolStats
-from service.state import AppState, StateDep
-from service.symbol_index import SymbolIndex, SymbolIndexHolder, search_terms
+from service.state import AppState, IndexDep, StateDep
+from service.symbol_index import search_terms
 
-router = APIRouter(prefix="/symbols", tags=["symbols"])
+router = domain_router("/symbols", "symbols")
 
 MAX_LIMIT = 1000
 # The version check that catches a missed notification (the bus also re-checks on reconnect).
-BACKSTOP_INTERVAL_S = 60.0
 
 _UPLOAD = {
     "requestBody": {
@@ -51,22 +46,6 @@ ExchangesQuery = Annotated[
     list[str] | None,
     Query(description="Repeatable. Limit the operation to these exchanges.", min_length=1),
 ]
-
-
-def holder_of(state: AppState) -> SymbolIndexHolder:
-    holder: SymbolIndexHolder = state.domains["symbols"]
-    return holder
-
-
-async def current_index(request: Request) -> SymbolIndex:
-    """The instance's snapshot of the contract (503 while none is built)."""
-    index = holder_of(request.app.state.store).index
-    if index is None:
-        raise DatabaseUnavailable("The symbol index is not built yet; retry shortly.")
-    return index
-
-
-IndexDep = Annotated[SymbolIndex, Depends(current_index)]
 
 
 def _json(body: Any) -> Response:
@@ -101,7 +80,7 @@ async def load_symbols(
     # Committed here rather than by the session dependency: the answer must come after this
     # instance's index holds the new contract, and the index is built from committed rows.
     await session.commit()
-    await holder_of(state).refresh()
+    await state.runtime.symbols.refresh()
     return SymbolLoadRead(
         rows=result.rows,
         exchanges=result.exchanges,
@@ -125,7 +104,7 @@ async def search_symbols(
         raise ValidationFailed.field(["query", "q"], "give search terms, an exchange, or both")
     expiry = expiry.upper() if expiry else None
     state: AppState = request.app.state.store
-    index = holder_of(state).index
+    index = state.runtime.symbols.index
     if index is None:
         # No session dependency on this route: a search served from memory (all of them, once
         # the index is built) would pay for one it does not use.
@@ -184,38 +163,5 @@ async def delete_symbols(
     """Delete the rows of `exchange`s (every row when none is given)."""
     deleted = await symbols_repo.delete_symbols(session, sorted(_exchanges(exchange) or ()))
     await session.commit()  # as for a load: answer once this instance's index has caught up
-    await holder_of(state).refresh()
+    await state.runtime.symbols.refresh()
     return Deleted(deleted=deleted)
-
-
-@asynccontextmanager
-async def lifespan(state: AppState) -> AsyncIterator[None]:
-    """Build the index before serving; rebuild it on every change signalled by any instance."""
-    holder: SymbolIndexHolder | None = state.domains.get("symbols")
-    if holder is None:  # a start-up retry keeps the holder, and with it the one subscription
-
-        async def read_version() -> int:
-            async with state.sessionmaker() as session:
-                return await symbols_repo.contract_version(session)
-
-        async def read_index(previous: SymbolIndex | None) -> SymbolIndex:
-            async with state.sessionmaker() as session:
-                return await symbols_repo.read_index(session, previous)
-
-        holder = SymbolIndexHolder(read_version, read_index)
-        state.domains["symbols"] = holder
-        state.bus.subscribe(symbols_repo.TOPIC, holder.on_invalidate)
-    await holder.refresh(force=True)
-    backstop = asyncio.create_task(_backstop(holder), name="symbol-index-backstop")
-    try:
-        yield
-    finally:
-        backstop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await backstop
-
-
-async def _backstop(holder: SymbolIndexHolder) -> None:
-    while True:
-        await asyncio.sleep(BACKSTOP_INTERVAL_S)
-        await holder.on_invalidate("*")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 
 from service.errors import NotFound, PayloadTooLarge, ValidationFailed, problems
-from service.routers.symbols import IndexDep
+from service.routers.base import domain_router
 from service.schemas.tokens import (
     KEYS,
     MAX_BATCH,
@@ -17,8 +17,9 @@ from service.schemas.tokens import (
     TokenLookupResults,
     TokenMapping,
 )
+from service.state import IndexDep
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = domain_router("/tokens", "tokens")
 
 
 @router.get("/lookup", response_model=TokenMapping, responses=problems(404))

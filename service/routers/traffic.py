@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import Depends, Path, Query, Response
 from sqlalchemy import Table
 
 from service.db import SessionDep
-from service.errors import DatabaseUnavailable, problems
-from service.group_commit import serve_writer, writer_of
+from service.errors import problems
 from service.models.traffic import TrafficLog
 from service.pagination import DEFAULT_LIMIT, CursorPage, CursorParam, LimitParam
 from service.repositories import bans as bans_repo
 from service.repositories import logs as logs_repo
 from service.repositories import traffic as traffic_repo
 from service.repositories.settings import get_settings
+from service.routers.base import domain_router
 from service.schemas.base import Deleted, Items
 from service.schemas.logs import Batch, BeforeParam, Count, SinceParam, UntilParam
 from service.schemas.traffic import (
@@ -33,12 +31,10 @@ from service.schemas.traffic import (
     TrafficLogRead,
     TrafficStats,
 )
-from service.state import AppState, StateDep
+from service.state import BansDep, StateDep, WritersDep
 
-router = APIRouter(prefix="/traffic", tags=["traffic"])
+router = domain_router("/traffic", "traffic")
 
-WRITER = "writer:traffic_logs"
-BAN_CACHE = "ban_cache"
 _table = cast(Table, TrafficLog.__table__)
 _batch = Batch(TrafficLogCreate)
 
@@ -51,10 +47,10 @@ _batch = Batch(TrafficLogCreate)
     openapi_extra=_batch.openapi,
 )
 async def create_traffic_logs(
-    state: StateDep, items: Annotated[list[TrafficLogCreate], Depends(_batch)]
+    writers: WritersDep, items: Annotated[list[TrafficLogCreate], Depends(_batch)]
 ) -> Count:
     """Write one request log or a batch of up to 1000; answered once they are committed."""
-    await writer_of(state, WRITER).submit(logs_repo.rows_from(items, "timestamp"))
+    await writers.traffic_logs.submit(logs_repo.rows_from(items, "timestamp"))
     return Count(count=len(items))
 
 
@@ -127,12 +123,9 @@ async def list_bans(
 
 
 @router.get("/bans/{ip}", response_model=BanStatus)
-async def get_ban_status(ip: Annotated[IPAddress, Path()], state: StateDep) -> BanStatus:
+async def get_ban_status(ip: Annotated[IPAddress, Path()], bans: BansDep) -> BanStatus:
     """Whether an address is banned now, answered from memory."""
-    cache: bans_repo.BanCache | None = state.domains.get(BAN_CACHE)
-    if cache is None:  # the lifespan did not start it: the schema is not at head
-        raise DatabaseUnavailable("Ban checks are unavailable until the schema is at head.")
-    return await cache.status(state.sessionmaker, ip)
+    return await bans.status(ip)
 
 
 @router.delete("/bans/{ip}", status_code=204, response_class=Response, responses=problems(404))
@@ -177,12 +170,3 @@ async def get_suspicious(session: SessionDep, state: StateDep) -> Suspicious:
         ips_404=await bans_repo.suspicious(session, "404", security),
         ips_invalid_api_key=await bans_repo.suspicious(session, "invalid_api_key", security),
     )
-
-
-@asynccontextmanager
-async def lifespan(state: AppState) -> AsyncIterator[None]:
-    state.domains[BAN_CACHE] = bans_repo.BanCache(state.caches, state.bus)
-    async with serve_writer(
-        state, WRITER, lambda session, rows: logs_repo.insert_rows(session, _table, rows)
-    ):
-        yield

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import Query, status
 
+from service import accounts
 from service.db import SessionDep
 from service.errors import problems
+from service.repositories import api_keys as api_keys_repo
 from service.repositories import users as users_repo
+from service.routers.base import domain_router
 from service.schemas.base import Items
 from service.schemas.users import (
     PasswordChange,
@@ -23,7 +26,7 @@ from service.schemas.users import (
 from service.security import SECRETS
 from service.state import StateDep
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = domain_router("/users", "users")
 
 
 @router.post(
@@ -34,7 +37,8 @@ router = APIRouter(prefix="/users", tags=["users"])
 )
 async def create_user(body: UserCreate, session: SessionDep, state: StateDep) -> UserRead:
     """Create a user; its TOTP secret is generated and stored encrypted."""
-    user = await users_repo.create_user(session, state.keyring, body)
+    password_hash = await accounts.hash_secret(state.keyring, body.password.get_secret_value())
+    user = await users_repo.create_user(session, state.keyring, body, password_hash)
     return UserRead.model_validate(user)
 
 
@@ -70,15 +74,14 @@ async def set_password(
     username: str, body: PasswordChange, session: SessionDep, state: StateDep
 ) -> None:
     """Set a user's password."""
-    await users_repo.set_password(
-        session, state.keyring, username, body.password.get_secret_value()
-    )
+    password_hash = await accounts.hash_secret(state.keyring, body.password.get_secret_value())
+    await users_repo.set_password(session, username, password_hash)
 
 
 @router.post("/{username}/verify-password", response_model=Validity, responses=problems(400, 415))
 async def verify_password(username: str, body: PasswordCheck, state: StateDep) -> Validity:
     """Check a password; an unknown user is `{"valid": false}`, in the same time class."""
-    valid = await users_repo.verify_password(
+    valid = await accounts.verify_password(
         state.sessionmaker, state.keyring, username, body.password.get_secret_value()
     )
     return Validity(valid=valid)
@@ -111,4 +114,5 @@ async def verify_totp(
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
 async def delete_user(username: str, session: SessionDep) -> None:
     """Delete a user with its API key, broker token and sessions."""
+    await api_keys_repo.invalidate_user(session, username)
     await users_repo.delete_user(session, username)
