@@ -213,12 +213,13 @@ class TestRequestIdAndLogs:
         stream = io.StringIO()
         root = logging.getLogger()
         saved = root.handlers[:], root.level
-        configure_logging("INFO", "json", stream)
+        writer = configure_logging("INFO", "json", stream)
         try:
             await client.get("/api/v1/settings", headers={"X-Request-ID": "req-42"})
         finally:
             root.handlers, level = saved
             root.setLevel(level)
+            writer.stop()  # writes what the writer thread still holds
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         access = [line for line in lines if line["logger"] == "service.access"]
         assert access, lines
