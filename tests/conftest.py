@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+from passlib.context import CryptContext
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from service import migrate
+from service import migrate, security
 from service.config import DatabaseSettings, Settings, load_settings
 from service.db import make_engine
 from service.main import create_app
@@ -43,6 +44,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres_only" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_argon2() -> Iterator[None]:
+    """argon2 at a small fraction of production cost, for tests only: they check what is hashed
+    and verified, not what it costs. The parameters differ from production's and from the weak
+    hashes some tests store, so "re-hash a stale hash" still has something to do."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            security,
+            "_argon2",
+            CryptContext(
+                schemes=["argon2"],
+                deprecated="auto",
+                argon2__memory_cost=4096,
+                argon2__rounds=2,
+                argon2__parallelism=1,
+            ),
+        )
+        yield
 
 
 def _redact(url: str) -> str:
