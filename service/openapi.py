@@ -67,8 +67,9 @@ DESCRIPTIONS = {
 HEADERS: dict[int, dict[str, dict[str, Any]]] = {
     401: {
         "WWW-Authenticate": {
-            "description": "The authentication scheme to use.",
-            "required": True,
+            # Not on a route's own 401 (an unknown API key at /auth/api-keys/verify).
+            "description": "`Bearer`, when the service token is missing or unknown.",
+            "required": False,
             "schema": {"type": "string", "examples": ["Bearer"]},
         }
     },
