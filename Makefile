@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 PG_URL ?= $(or $(TEST_DATABASE_URL),postgresql://postgres@127.0.0.1:5432/test)
 
-.PHONY: run test test-sqlite test-postgres lint format migrate bench clean
+.PHONY: run test test-sqlite test-postgres fuzz lint format migrate bench clean
 
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ test-postgres: $(DEPS)
 	else \
 		echo "== SKIPPED the PostgreSQL leg: no server answers (set TEST_DATABASE_URL to run it) =="; \
 	fi
+
+# The fuzzing gate: schemathesis (every check, every phase) against a live server on SQLite, then
+# on PostgreSQL (skipped when no server answers, failing when REQUIRE_POSTGRES is set).
+# Deeper runs: make fuzz FUZZ_SECONDS=1800; another sequence: FUZZ_SEED=…
+FUZZ_SECONDS ?= 180
+FUZZ_SEED ?= 20251130
+fuzz: $(DEPS)
+	TEST_DATABASE_URL='$(PG_URL)' $(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
 
 bench: $(DEPS)
 	$(PY) -m bench
