@@ -12,6 +12,7 @@ taken side by side mean something.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import importlib
 import json
@@ -88,6 +89,8 @@ class Load:
     p99_ms: float
     errors: int
     requests: int
+    # Workload / floor in each floor-workload-workload-floor round that made this load.
+    round_ratios: tuple[float, ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -117,7 +120,7 @@ def combine(loads: list[Load]) -> Load:
 class Result:
     """One reported number, with the wrk load behind it and its floor beside it, if any.
 
-    `ratio` is value ÷ the floor's req/s; `target_ratio` and `p99_factor` make `ok` when given.
+    `ratio` is value / the floor's req/s; `target_ratio` and `p99_factor` make `ok` when given.
     """
 
     name: str
@@ -140,7 +143,9 @@ class Result:
 
     @property
     def p99_ratio(self) -> float | None:
-        if self.load is None or self.floor is None or not self.floor.p99_ms:
+        if not self.comparable or self.load is None or self.floor is None:
+            return None
+        if not self.floor.p99_ms:
             return None
         return self.load.p99_ms / self.floor.p99_ms
 
@@ -173,6 +178,9 @@ def versus(
     if targets:
         result.target = "; ".join(targets)
         result.ok = all(met) and not load.errors
+    if len(load.round_ratios) > 1:
+        spread = ", ".join(f"{r:.2f}" for r in load.round_ratios)
+        result.note = (result.note + "; " if result.note else "") + f"per round {spread}"
     if load.errors:
         result.note = (result.note + "; " if result.note else "") + f"{load.errors} errors"
     return result
@@ -310,7 +318,8 @@ class Context:
     dsn: str
     env: dict[str, str]
     client: httpx.AsyncClient
-    duration: float
+    duration: int
+    rounds: int
     connections: int
     quick: bool
     procs: dict[str, Proc] = field(default_factory=dict)
@@ -353,7 +362,7 @@ class Context:
         *,
         target: Proc | None = None,
         connections: int | None = None,
-        duration: float | None = None,
+        duration: int | None = None,
         content_type: str = "application/json",
     ) -> Load:
         return await wrk(
@@ -375,29 +384,33 @@ class Context:
         before: Callable[[], Awaitable[Any]] | None = None,
         after: Callable[[Load], Awaitable[Any]] | None = None,
     ) -> tuple[Load, Load]:
-        """The workload and its floor side by side, floor-workload-workload-floor, each run half
-        the duration: load drifting on a shared machine falls on both sides alike.
-        `before`/`after` wrap each of the workload's runs (to count rows that landed)."""
-        half = max(1.0, self.duration / 2)
+        """The workload and its floor side by side, in `rounds` of floor-workload-workload-floor
+        runs: load drifting on a shared machine falls on both sides alike. `before`/`after`
+        wrap each of the workload's runs (to count rows that landed)."""
         ours: list[Load] = []
         floors: list[Load] = []
-        for order in ("floor", "ours", "ours", "floor"):
-            if order == "floor":
-                floors.append(
-                    await self.wrk(
-                        floor_requests, target=floor, connections=connections, duration=half
+        ratios = []
+        for _ in range(self.rounds):
+            for order in ("floor", "ours", "ours", "floor"):
+                if order == "floor":
+                    floors.append(
+                        await self.wrk(floor_requests, target=floor, connections=connections)
                     )
-                )
-            else:
+                    continue
                 if before is not None:
                     await before()
-                load = await self.wrk(
-                    requests, target=target, connections=connections, duration=half
-                )
+                load = await self.wrk(requests, target=target, connections=connections)
                 if after is not None:
                     await after(load)
                 ours.append(load)
-        return combine(ours), combine(floors)
+            ratios.append(combine(ours[-2:]).rps / (combine(floors[-2:]).rps or 1))
+        total = combine(ours)
+        total.round_ratios = tuple(ratios)
+        return total, combine(floors)
+
+    async def warm(self, requests: list[Spec], target: Proc) -> None:
+        """A second of load on a process just started: every worker fills its caches."""
+        await self.wrk(requests, target=target, duration=1)
 
 
 async def wrk(
@@ -405,7 +418,7 @@ async def wrk(
     requests: list[Spec],
     *,
     connections: int,
-    duration: float,
+    duration: int,
     content_type: str = "application/json",
     threads: int = 2,
 ) -> Load:
@@ -422,7 +435,7 @@ async def wrk(
         "wrk",
         f"-t{min(threads, connections)}",
         f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
+        f"-d{duration}s",
         "--latency",
         "-s",
         str(script),
@@ -488,7 +501,11 @@ def _uvicorn_options(env: dict[str, str]) -> str:
         capture_output=True,
         text=True,
     )
-    return probe.stdout.strip() or probe.stderr.strip().splitlines()[-1]
+    if probe.returncode:
+        return probe.stderr.strip().splitlines()[-1]
+    options = ast.literal_eval(probe.stdout.strip())
+    # Where it listens and what it serves differ per process by design.
+    return ", ".join(f"{k}={v!r}" for k, v in options.items() if k not in ("host", "port", "app"))
 
 
 def _workloads(only: list[str]) -> list[tuple[str, Any]]:
@@ -527,11 +544,11 @@ def render(
                     [
                         f"{r.name}{note}",
                         f"{r.value:,.2f} {r.unit}".strip(),
-                        _cell(r.load and r.load.p50_ms),
-                        _cell(r.load and r.load.p99_ms),
+                        _cell(r.load.p50_ms if r.load else None),
+                        _cell(r.load.p99_ms if r.load else None),
                         r.floor_name,
-                        _cell(r.floor and r.floor.rps, "{:,.0f}"),
-                        _cell(r.floor and r.floor.p99_ms),
+                        _cell(r.floor.rps if r.floor else None, "{:,.0f}"),
+                        _cell(r.floor.p99_ms if r.floor else None),
                         _cell(r.ratio, "{:.2f} x"),
                         _cell(r.p99_ratio, "{:.2f} x"),
                         r.target,
@@ -591,6 +608,7 @@ async def run(args: argparse.Namespace) -> int:
             env,
             client_for(service.base_url),
             args.duration,
+            args.rounds,
             args.connections,
             args.quick,
         )
@@ -613,9 +631,9 @@ async def run(args: argparse.Namespace) -> int:
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {time.perf_counter() - started:.0f} s",
         f"- command: `python -m bench{' ' + argv if argv else ''}`",
         f"- machine: {_machine()}; load average {load_before} before the run, {_loadavg()} after",
-        f"- wrk: 2 threads, {args.connections} connections unless said, each pair floor-workload-"
-        f"workload-floor of {max(1.0, args.duration / 2):g} s runs; service LOG_LEVEL "
-        f"{args.log_level}",
+        f"- wrk: 2 threads, {args.connections} connections unless said; each workload beside its"
+        f" floor in {args.rounds} round(s) of floor-workload-workload-floor {args.duration} s runs;"
+        f" service LOG_LEVEL {args.log_level}",
         f"- uvicorn options of the service, floors and variants alike: `{_uvicorn_options(env)}`",
     ]
     report = render(sections, header)
@@ -636,7 +654,8 @@ def main() -> int:
         help=f"run only this workload: {', '.join(WORKLOADS)}",
     )
     parser.add_argument("--quick", action="store_true", help="short runs, fewer samples")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per workload pair")
+    parser.add_argument("--duration", type=int, default=None, help="seconds of one wrk run")
+    parser.add_argument("--rounds", type=int, default=None, help="floor-workload rounds per pair")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--log-level", default="INFO", help="the service's LOG_LEVEL (INFO ships)")
     parser.add_argument("--output", help="where to write the Markdown table (bench/.work/ else)")
@@ -647,5 +666,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.duration is None:
-        args.duration = 4.0 if args.quick else 10.0
+        args.duration = 2 if args.quick else 3
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
     return asyncio.run(run(args))

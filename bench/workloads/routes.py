@@ -32,6 +32,8 @@ async def run(ctx: Context) -> list[Result]:
             continue
         await check_answers(ctx, paths, variant.base_url)
         for path in paths:
+            await ctx.warm(path.requests, variant)
+        for path in paths:
             load, as_is = await ctx.paired(
                 path.requests, path.requests, ctx.service, target=variant
             )

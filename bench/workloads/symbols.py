@@ -29,7 +29,8 @@ import httpx
 
 from bench.harness import BARE, WORK, Context, Result, rss_mb, versus
 from bench.hotpaths import ROWS, SEED, contract_csv, contract_rows
-from tests.contract import COLUMNS, Row
+from service.symbol_index import COLUMNS
+from tests.contract import Row
 
 P1_TARGET = 1.5
 CSV = {"content-type": "text/csv"}

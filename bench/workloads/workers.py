@@ -15,6 +15,8 @@ async def run(ctx: Context) -> list[Result]:
     paths = await memory_paths(ctx)
     two = await ctx.proc("service", workers=2)
     await check_answers(ctx, paths, two.base_url)
+    for path in paths:
+        await ctx.warm(path.requests, two)
     bare2 = await ctx.proc("bare", workers=2)
     results = []
     for path in paths:
