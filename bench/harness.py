@@ -39,6 +39,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "results.md"
 TOKEN = "bench-" + secrets.token_hex(16)
 PEPPER = secrets.token_urlsafe(48)
 SALT = secrets.token_hex(16)
@@ -522,14 +523,12 @@ def _cell(value: float | None, fmt: str = "{:,.2f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def render(
-    sections: list[tuple[str, list[Result]]], header: list[str], title: str = "Benchmark results"
-) -> str:
-    lines = [f"# {title}", "", *header]
+def render(sections: list[tuple[str, list[Result]]], header: list[str], level: int = 3) -> str:
+    lines = [*header]
     for name, results in sections:
         lines += [
             "",
-            f"### {name}",
+            f"{'#' * level} {name}",
             "",
             "| measure | value | p50 ms | p99 ms | floor | floor req/s | floor p99 ms "
             "| ÷ floor | p99 ÷ floor's | target | met |",
@@ -636,13 +635,33 @@ async def run(args: argparse.Namespace) -> int:
         f" service LOG_LEVEL {args.log_level}",
         f"- uvicorn options of the service, floors and variants alike: `{_uvicorn_options(env)}`",
     ]
-    report = render(sections, header)
-    WORK.mkdir(parents=True, exist_ok=True)
-    target = Path(args.output) if args.output else WORK / "results-last.md"
-    target.write_text(report)
+    report = render(sections, header, level=3)
     print(report)
-    print(f"wrote {target}")
+    _write(args, report)
     return 0
+
+
+def _write(args: argparse.Namespace, report: str) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "results-last.md").write_text(report)
+    if args.output:
+        Path(args.output).write_text(report)
+        print(f"wrote {args.output}")
+    elif args.record_before or not (args.only or args.quick):
+        block = "before" if args.record_before else "latest"
+        record(RESULTS, block, report)
+        print(f"wrote the {block} section of {RESULTS}")
+
+
+def record(path: Path, block: str, report: str) -> None:
+    """Replace one marked block of bench/results.md (`latest` or `before`), keeping the rest."""
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} block to write into")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{report}{end}{tail}")
 
 
 def main() -> int:
@@ -658,7 +677,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="floor-workload rounds per pair")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--log-level", default="INFO", help="the service's LOG_LEVEL (INFO ships)")
-    parser.add_argument("--output", help="where to write the Markdown table (bench/.work/ else)")
+    parser.add_argument(
+        "--output",
+        help="write the tables here; else a full run updates the latest run in bench/results.md"
+        " (runs with --only or --quick only print, and leave bench/.work/results-last.md)",
+    )
+    parser.add_argument(
+        "--record-before",
+        action="store_true",
+        help="write this run into the 'before' section of bench/results.md",
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
