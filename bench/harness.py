@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -92,6 +93,14 @@ class Load:
     requests: int
     # Workload / floor in each floor-workload-workload-floor round that made this load.
     round_ratios: tuple[float, ...] = ()
+    # CPU seconds the serving processes used during the run(s). On a shared machine the wall
+    # time a request takes depends on who else runs; the CPU it costs much less so.
+    cpu_s: float = 0.0
+
+    @property
+    def cpu_us(self) -> float | None:
+        """Serving processes' CPU per request, in microseconds (the database's not counted)."""
+        return self.cpu_s / self.requests * 1e6 if self.requests and self.cpu_s else None
 
     @property
     def seconds(self) -> float:
@@ -114,6 +123,7 @@ def combine(loads: list[Load]) -> Load:
         p99_ms=max(load.p99_ms for load in loads),
         errors=sum(load.errors for load in loads),
         requests=sum(load.requests for load in loads),
+        cpu_s=sum(load.cpu_s for load in loads),
     )
 
 
@@ -149,6 +159,15 @@ class Result:
         if not self.floor.p99_ms:
             return None
         return self.load.p99_ms / self.floor.p99_ms
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """The floor's CPU per request / the workload's: the throughput ratio one fully used
+        core would give, whatever else the machine runs."""
+        if not self.comparable or self.load is None or self.floor is None:
+            return None
+        ours, floor = self.load.cpu_us, self.floor.cpu_us
+        return floor / ours if ours and floor else None
 
 
 def versus(
@@ -260,6 +279,13 @@ class Proc:
     def pids(self) -> list[int]:
         return _pids_under(self.pid)
 
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):  # a helper process that just ended
+                total += cpu_seconds(pid)
+        return total
+
     async def start(self, timeout: float = 120, poll_s: float = 0.02) -> float:
         """Exec the command and wait until `ready`; returns the seconds from exec to ready."""
         WORK.mkdir(parents=True, exist_ok=True)
@@ -366,13 +392,17 @@ class Context:
         duration: int | None = None,
         content_type: str = "application/json",
     ) -> Load:
-        return await wrk(
-            (target or self.service).base_url,
+        proc = target or self.service
+        cpu_before = proc.cpu_seconds()
+        load = await wrk(
+            proc.base_url,
             requests,
             connections=connections or self.connections,
             duration=duration or self.duration,
             content_type=content_type,
         )
+        load.cpu_s = proc.cpu_seconds() - cpu_before
+        return load
 
     async def paired(
         self,
@@ -531,8 +561,9 @@ def render(sections: list[tuple[str, list[Result]]], header: list[str], level: i
             f"{'#' * level} {name}",
             "",
             "| measure | value | p50 ms | p99 ms | floor | floor req/s | floor p99 ms "
-            "| ÷ floor | p99 ÷ floor's | target | met |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| ÷ floor | p99 ÷ floor's | CPU µs/req | floor CPU µs/req | floor CPU ÷ CPU "
+            "| target | met |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results:
             met = {True: "yes", False: "**no**", None: ""}[r.ok]
@@ -550,6 +581,9 @@ def render(sections: list[tuple[str, list[Result]]], header: list[str], level: i
                         _cell(r.floor.p99_ms if r.floor else None),
                         _cell(r.ratio, "{:.2f} x"),
                         _cell(r.p99_ratio, "{:.2f} x"),
+                        _cell(r.load.cpu_us if r.load else None, "{:,.0f}"),
+                        _cell(r.floor.cpu_us if r.floor else None, "{:,.0f}"),
+                        _cell(r.cpu_ratio, "{:.2f} x"),
                         r.target,
                         met,
                     ]
@@ -563,6 +597,8 @@ def _print(result: Result) -> None:
     flag = {True: "ok", False: "MISSED", None: ""}[result.ok]
     ratio = f" = {result.ratio:.2f} x {result.floor_name}" if result.ratio is not None else ""
     p99 = f" (p99 {result.p99_ratio:.2f} x floor's)" if result.p99_ratio is not None else ""
+    if result.cpu_ratio is not None:
+        p99 += f" [CPU: {result.cpu_ratio:.2f} x]"
     print(
         f"  {result.name}: {result.value:,.2f} {result.unit}{ratio}{p99}"
         f"  {result.target} {flag} {result.note}",
