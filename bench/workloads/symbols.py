@@ -1,14 +1,13 @@
-"""symbols and tokens: P1 (load), P2 (token lookup), P4 (search), P7 (memory), P8 (start-up).
+"""symbols: P1 (load), P4 (search), P7 (memory). The token lookup (P2) is a hot path
+(workloads/hot.py); start to ready (P8) is workloads/startup.py.
 
 - P1: a 200k-row CSV replace through PUT /api/v1/symbols against `psql \\copy` of the same file
   into a scratch table with the same indexes (`LIKE symbols INCLUDING ALL`), in the same run.
-- P2: GET /api/v1/tokens/lookup rotating over symbol/token/brsymbol lookups, 32 connections,
-  against the bare floor.
 - P4: 2-3-term searches rotating over realistic queries (underlying + strike + CE/PE, + FUT,
-  + expiry), at 4 connections: a latency target, not a saturation one.
-- P7: the server's RSS with the contract loaded, after the loads and after a restart; and the
-  index's own size (tracemalloc, built in this process from the same rows).
-- P8: restart with the 200k rows in the database, seconds until /health/ready is 200.
+  + expiry), at 4 connections and at 1: a latency target, not a saturation one; beside the bare
+  floor at the same connections.
+- P7: the server's RSS with the contract loaded, after the loads; and the index's own size
+  (tracemalloc, built in this process from the same rows).
 - The same file loaded into SQLite, in this process (the app on a temporary database).
 """
 
@@ -28,29 +27,27 @@ from urllib.parse import urlencode
 import asyncpg
 import httpx
 
-from bench.harness import WORK, Context, Result
-from tests.contract import COLUMNS, Row, generate, write_csv
+from bench.harness import BARE, WORK, Context, Result, rss_mb, versus
+from bench.hotpaths import ROWS, SEED, contract_csv, contract_rows
+from service.symbol_index import COLUMNS
+from tests.contract import Row
 
-ROWS = 200_000
-SEED = 7
 P1_TARGET = 1.5
-P2_TARGET = 0.8
 CSV = {"content-type": "text/csv"}
 
 
 async def run(ctx: Context) -> list[Result]:
-    rows = await asyncio.to_thread(generate, ROWS, SEED)
+    rows = await contract_rows()
+    body = await contract_csv(rows)
     path = WORK / f"contract-{ROWS}-{SEED}.csv"
-    if not path.exists():
-        await asyncio.to_thread(write_csv, path, rows)
-    body = path.read_bytes()
     results: list[Result] = []
-    rss_before = _rss_mb(ctx.server_pid)
+    rss_before = rss_mb(ctx.service.pid)
 
     # P1: psql \copy into an identically indexed table, then the service's load, twice each.
-    copy_s = min([await _psql_copy(ctx.dsn, path) for _ in range(2)])
+    copy_s = min([await _psql_copy(ctx.dsn, path) for _ in range(1 if ctx.quick else 2)])
     first = await _put(ctx, body)
     replace = await _put(ctx, body)
+    ctx.seeded["contract"] = rows
     results += [
         Result("psql \\copy into an indexed table (best of 2)", copy_s, "s"),
         Result("PUT 200k rows into an empty table", first, "s"),
@@ -63,52 +60,31 @@ async def run(ctx: Context) -> list[Result]:
             replace / copy_s <= P1_TARGET,
         ),
     ]
-    rss_loaded = _rss_mb(ctx.server_pid)
+    rss_loaded = rss_mb(ctx.service.pid)
     results += [
         Result("server RSS before the loads", rss_before, "MB"),
         Result("server RSS after two loads (P7)", rss_loaded, "MB", "≤ 250", rss_loaded <= 250),
         Result("index size (tracemalloc)", await asyncio.to_thread(_index_mb, rows), "MB"),
     ]
 
-    # P2: token lookups from memory. The bare floor is measured again right before, as well:
-    # on a shared machine the run's floor can be minutes old.
-    adjacent = await ctx.wrk("/bench/bare", connections=32)
-    lookups = await ctx.wrk(requests=_lookups(rows), connections=32)
-    ratio = lookups.rps / ctx.floor["bare"].rps
-    results += [
-        Result("GET /api/v1/tokens/lookup", lookups.rps, "req/s", note=lookups.brief()),
-        Result("  ÷ bare floor (P2)", ratio, "x", f"≥ {P2_TARGET}", ratio >= P2_TARGET),
-        Result(
-            "  ÷ bare floor measured just before",
-            lookups.rps / adjacent.rps,
-            "x",
-            note=adjacent.brief(),
-        ),
-        Result("  p99 (P2)", lookups.p99_ms, "ms", "≤ 5", lookups.p99_ms <= 5),
-    ]
-
     # P4: search, 2-3 terms.
     queries = _searches(rows)
     for path_ in queries[:40]:  # the first use of a term computes its block masks
         await ctx.client.get(path_)
-    search = await ctx.wrk(requests=[("GET", p, "") for p in queries], connections=4)
-    single = await ctx.wrk(requests=[("GET", p, "") for p in queries], connections=1)
+    specs = [("GET", p, "") for p in queries]
+    bare = await ctx.proc("bare")
+    search, floor = await ctx.paired(specs, BARE, bare, connections=4)
+    single, single_floor = await ctx.paired(specs, BARE, bare, connections=1)
     results += [
-        Result("GET /api/v1/symbols/search, 2-3 terms", search.rps, "req/s", note=search.brief()),
+        versus(
+            "GET /api/v1/symbols/search, 2-3 terms, 4 connections", search, floor, "bare FastAPI"
+        ),
         Result("  p50 (P4)", search.p50_ms, "ms", "≤ 5", search.p50_ms <= 5),
         Result("  p99 (P4)", search.p99_ms, "ms", "≤ 20", search.p99_ms <= 20),
-        Result("  one connection: p50", single.p50_ms, "ms", note=single.brief()),
+        versus("  one connection", single, single_floor, "bare FastAPI"),
     ]
     cold = await _cold_searches(ctx, rows)
     results.append(Result("  first use of new terms (median of 20)", cold, "ms"))
-
-    # P8 and P7 after a restart: the index built from the database at start-up.
-    ready_s = await ctx.restart()
-    rss_restarted = _rss_mb(ctx.server_pid)
-    results += [
-        Result("start to ready with 200k rows (P8)", ready_s, "s", "≤ 3", ready_s <= 3),
-        Result("server RSS after restart (P7)", rss_restarted, "MB", "≤ 250", rss_restarted <= 250),
-    ]
 
     results.append(Result("SQLite: PUT 200k rows replacing 200k", await _sqlite_load(body), "s"))
     return results
@@ -149,13 +125,6 @@ async def _psql_copy(dsn: str, path: Path) -> float:
         await conn.close()
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def _index_mb(rows: list[Row]) -> float:
     from service.symbol_index import IndexBuilder
 
@@ -177,16 +146,6 @@ def _index_mb(rows: list[Row]) -> float:
         tracemalloc.stop()
     del index
     return size / 1e6
-
-
-def _lookups(rows: list[Row]) -> list[tuple[str, str, str]]:
-    rng = random.Random(SEED)
-    out = []
-    for n, row in enumerate(rng.sample(rows, 300)):
-        key = ("symbol", "token", "brsymbol")[n % 3]
-        query = urlencode({key: row[key], "exchange": row["exchange"]})
-        out.append(("GET", f"/api/v1/tokens/lookup?{query}", ""))
-    return out
 
 
 def _searches(rows: list[Row]) -> list[str]:
