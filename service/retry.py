@@ -45,7 +45,7 @@ class ReplayOnSerializationFailure:
         self.max_replay_bytes = max_replay_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or SCOPE_KEY in scope:  # mounted twice: the outer one replays
             await self.app(scope, receive, send)
             return
         replay = _Replay()
