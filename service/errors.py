@@ -161,10 +161,10 @@ class ValidationFailed(AppError):
         return cls(f"{where}: {msg}", errors=[{"loc": loc, "msg": msg, "type": type_}])
 
 
-class ValueNotStorable(ValidationFailed):
-    title = "Value not storable"
-    type_ = "value-not-storable"
-    default_detail = "The database cannot store a value of this request."
+class ValueRefused(ValidationFailed):
+    title = "Value refused by the database"
+    type_ = "value-refused"
+    default_detail = "The database refused a value of this request."
 
 
 class DatabaseUnavailable(AppError):
@@ -362,15 +362,16 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def _data_problem(info: DatabaseErrorInfo) -> ValueNotStorable:
+def _data_problem(info: DatabaseErrorInfo) -> ValueRefused:
     meaning = _DATA_MEANINGS.get(info.code or "", "a value was refused by the database")
     where = f" (column {info.column})" if info.column else ""
     code = f" [{info.code}]" if info.code and info.code != "OverflowError" else ""
     msg = f"{meaning}{where}"
-    loc: list[str | int] = ["body", info.column] if info.column else ["body"]
-    return ValueNotStorable(
-        f"The database cannot store a value of this request: {msg}{code}.",
-        errors=[{"loc": loc, "msg": msg, "type": "value_not_storable"}],
+    # Where in the request the value came from is not known here, only the column, if that.
+    loc: list[str | int] = ["database", info.column] if info.column else ["database"]
+    return ValueRefused(
+        f"The database refused a value of this request: {msg}{code}.",
+        errors=[{"loc": loc, "msg": msg, "type": "value_refused"}],
     )
 
 

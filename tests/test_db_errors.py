@@ -99,9 +99,9 @@ class TestClassification:
         assert classify_database_error(error).failure is DatabaseFailure.DATA
         problem = database_error_to_app_error(error)
         assert problem is not None and problem.status == 422
-        assert problem.type_ == "value-not-storable"
+        assert problem.type_ == "value-refused"
         assert str(2**70) not in problem.detail and "INSERT" not in problem.detail
-        assert problem.errors and problem.errors[0]["type"] == "value_not_storable"
+        assert problem.errors and problem.errors[0]["type"] == "value_refused"
         assert await count_rows(db, "order_logs") == 0
 
     async def test_a_value_the_column_cannot_hold_is_data(self, db):
@@ -198,7 +198,7 @@ class TestAnswers:
 
         _add_route(client, "/api/v1/_test/data", insert, ["POST"])
         response = await client.post("/api/v1/_test/data")
-        assert_problem(response, 422, "value-not-storable")
+        assert_problem(response, 422, "value-refused")
         assert "INSERT" not in response.text and str(2**70) not in response.text
         assert await count_rows(db, "order_logs") == 0
 
