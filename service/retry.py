@@ -50,6 +50,8 @@ class ReplayOnSerializationFailure:
             return
         replay = _Replay()
         scope[SCOPE_KEY] = replay
+        # Routing writes what it matched into the scope; the replay starts from the request.
+        as_received = dict(scope)
         received: list[Message] = []
         size = 0
 
@@ -86,4 +88,4 @@ class ReplayOnSerializationFailure:
             message = next(pending, None)
             return message if message is not None else await receive()
 
-        await self.app(scope, replaying_receive, send)
+        await self.app(dict(as_received), replaying_receive, send)
