@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
+import enum
 import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
+
+from service.retry import ask_for_replay
 
 logger = logging.getLogger("service.errors")
 
@@ -152,6 +161,12 @@ class ValidationFailed(AppError):
         return cls(f"{where}: {msg}", errors=[{"loc": loc, "msg": msg, "type": type_}])
 
 
+class ValueRefused(ValidationFailed):
+    title = "Value refused by the database"
+    type_ = "value-refused"
+    default_detail = "The database refused a value of this request."
+
+
 class DatabaseUnavailable(AppError):
     status = 503
     title = "Database unavailable"
@@ -197,33 +212,199 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # --- database errors ---------------------------------------------------------------------------
 
-_UNIQUE_MARKERS = ("unique constraint", "duplicate key", "UNIQUE constraint failed")
-_FK_MARKERS = ("foreign key constraint", "FOREIGN KEY constraint failed")
+
+class DatabaseFailure(enum.Enum):
+    """What a database error means for the request that met it, whichever backend raised it."""
+
+    DATA = "data"  # a value the database refuses to store: 422, the request's fault
+    INTEGRITY = "integrity"  # a constraint (unique, foreign key, check, not null): 409
+    UNAVAILABLE = "unavailable"  # connection lost, server stopping, pool or lock timeout: 503
+    RETRYABLE = "retryable"  # serialization failure or deadlock: retry once, then 503
+    BUG = "bug"  # anything else the database said: 500, logged with its traceback
+
+
+# PostgreSQL SQLSTATEs outside the classes below that still mean "retry later".
+_PG_UNAVAILABLE_CODES = frozenset({"25P03", "40003", "55P03"})  # idle timeout, unknown, lock wait
+_PG_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})  # connection, resources, operator
+_PG_RETRYABLE_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+_SQLITE_DATA_CODES = frozenset(
+    # RAISE(ABORT) in a trigger: a database rule refusing the row's values.
+    {"SQLITE_TOOBIG", "SQLITE_MISMATCH", "SQLITE_RANGE", "SQLITE_CONSTRAINT_TRIGGER"}
+)
+_SQLITE_UNAVAILABLE_PREFIXES = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+    "SQLITE_NOMEM",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+    "SQLITE_INTERRUPT",
+)
+
+# What each data exception means, for the 422 detail: the driver's own message can quote the
+# value (a secret, a whole JSON body), so it never reaches the client.
+_DATA_MEANINGS = {
+    "22000": "a value cannot be encoded for the database (e.g. an integer past 64 bits)",
+    "22001": "a text value is longer than its column allows",
+    "22003": "a number is out of the range its column stores",
+    "22007": "a timestamp has an invalid form",
+    "22008": "a timestamp is outside the supported range",
+    "22021": "a text value contains a character the database cannot store (e.g. NUL)",
+    "22P02": "a value has the wrong form for its column (e.g. a non-finite number in JSON)",
+    "22P05": "a JSON value contains a character the database cannot store (e.g. \\u0000)",
+    "SQLITE_TOOBIG": "a value is larger than the database stores",
+    "SQLITE_MISMATCH": "a value has the wrong type for its column",
+    "SQLITE_RANGE": "a value does not fit its column",
+    "SQLITE_CONSTRAINT_TRIGGER": "a database rule refused a value",
+    "OverflowError": "a number is too large for the database",
+}
+_UNIQUE_CODES = frozenset({"23505", "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+_FOREIGN_KEY_CODES = frozenset({"23503", "SQLITE_CONSTRAINT_FOREIGNKEY"})
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseErrorInfo:
+    failure: DatabaseFailure
+    code: str | None  # SQLSTATE, SQLite error name, or the Python exception's name
+    column: str | None = None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error, the driver error SQLAlchemy wrapped, and what each was raised from."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen or len(seen) >= 8:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = (
+            getattr(current, "orig", None) if isinstance(current, sa_exc.StatementError) else None
+        )
+        pending += [orig if isinstance(orig, BaseException) else None, current.__cause__]
+
+
+def _pg_failure(sqlstate: str) -> DatabaseFailure:
+    if sqlstate in _PG_RETRYABLE_CODES:
+        return DatabaseFailure.RETRYABLE
+    if sqlstate.startswith("22"):
+        return DatabaseFailure.DATA
+    if sqlstate.startswith("23") or sqlstate == "40002":
+        return DatabaseFailure.INTEGRITY
+    if sqlstate[:2] in _PG_UNAVAILABLE_CLASSES or sqlstate in _PG_UNAVAILABLE_CODES:
+        return DatabaseFailure.UNAVAILABLE
+    return DatabaseFailure.BUG
+
+
+def _sqlite_failure(name: str) -> DatabaseFailure:
+    if name in _SQLITE_DATA_CODES:
+        return DatabaseFailure.DATA
+    if name.startswith("SQLITE_CONSTRAINT"):
+        return DatabaseFailure.INTEGRITY
+    if name == "SQLITE_BUSY_SNAPSHOT":  # a read snapshot that went stale before its write
+        return DatabaseFailure.RETRYABLE
+    if name.startswith(_SQLITE_UNAVAILABLE_PREFIXES):
+        return DatabaseFailure.UNAVAILABLE
+    return DatabaseFailure.BUG
+
+
+def classify_database_error(error: BaseException) -> DatabaseErrorInfo | None:
+    """What a failure means by its error code (SQLSTATE, SQLite's extended code), never by its
+    message text; None when it is not a database failure at all."""
+    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection became free in time
+        return DatabaseErrorInfo(DatabaseFailure.UNAVAILABLE, "pool-timeout")
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return DatabaseErrorInfo(DatabaseFailure.UNAVAILABLE, "connection-invalidated")
+    causes = list(_causes(error))
+    for cause in causes:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and len(sqlstate) == 5:
+            column = getattr(cause, "column_name", None)
+            return DatabaseErrorInfo(
+                _pg_failure(sqlstate), sqlstate, column if isinstance(column, str) else None
+            )
+        if isinstance(cause, sqlite3.Error):
+            name = getattr(cause, "sqlite_errorname", None)
+            if isinstance(name, str):
+                return DatabaseErrorInfo(_sqlite_failure(name), name)
+            # Without a code, an OperationalError is the adapter's own "connection closed".
+            failure = (
+                DatabaseFailure.UNAVAILABLE
+                if isinstance(cause, sqlite3.OperationalError)
+                else DatabaseFailure.BUG
+            )
+            return DatabaseErrorInfo(failure, type(cause).__name__)
+    for cause in causes:
+        if isinstance(cause, OSError | TimeoutError | asyncpg.InterfaceError):
+            return DatabaseErrorInfo(DatabaseFailure.UNAVAILABLE, type(cause).__name__)
+        # SQLite's driver refuses an integer past 64 bits before SQLAlchemy sees an error.
+        if isinstance(cause, OverflowError):
+            return DatabaseErrorInfo(DatabaseFailure.DATA, "OverflowError")
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return DatabaseErrorInfo(DatabaseFailure.UNAVAILABLE, type(error).__name__)
+    if isinstance(error, sa_exc.SQLAlchemyError):
+        return DatabaseErrorInfo(DatabaseFailure.BUG, type(error).__name__)
+    return None
+
+
+# The exception types a database failure can reach a handler as.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    sqlite3.Error,
+    OSError,
+    OverflowError,
+)
+
+
+def _data_problem(info: DatabaseErrorInfo) -> ValueRefused:
+    meaning = _DATA_MEANINGS.get(info.code or "", "a value was refused by the database")
+    where = f" (column {info.column})" if info.column else ""
+    code = f" [{info.code}]" if info.code and info.code != "OverflowError" else ""
+    msg = f"{meaning}{where}"
+    # Where in the request the value came from is not known here, only the column, if that.
+    loc: list[str | int] = ["database", info.column] if info.column else ["database"]
+    return ValueRefused(
+        f"The database refused a value of this request: {msg}{code}.",
+        errors=[{"loc": loc, "msg": msg, "type": "value_refused"}],
+    )
+
+
+def _integrity_problem(info: DatabaseErrorInfo) -> Conflict:
+    if info.code in _UNIQUE_CODES:
+        return Conflict("A resource with the same unique key already exists.")
+    if info.code in _FOREIGN_KEY_CODES:
+        return Conflict("The resource refers to, or is referred to by, another resource.")
+    return Conflict("The change violates a database constraint.")
+
+
+def app_error_for(info: DatabaseErrorInfo) -> AppError | None:
+    """The problem a classified database failure answers with; None for a bug (500)."""
+    match info.failure:
+        case DatabaseFailure.DATA:
+            return _data_problem(info)
+        case DatabaseFailure.INTEGRITY:
+            return _integrity_problem(info)
+        case DatabaseFailure.UNAVAILABLE if info.code == "pool-timeout":
+            return DatabaseUnavailable("No database connection became free in time; retry shortly.")
+        case DatabaseFailure.UNAVAILABLE:
+            return DatabaseUnavailable()
+        case DatabaseFailure.RETRYABLE:
+            return DatabaseUnavailable(
+                "The change collided with a concurrent one, also when retried; retry shortly."
+            )
+    return None
 
 
 def database_error_to_app_error(error: Exception) -> AppError | None:
-    """Map a driver/pool failure onto 409 or 503; None for a real bug (500)."""
-    if isinstance(error, sa_exc.TimeoutError):
-        return DatabaseUnavailable("No database connection became free in time; retry shortly.")
-    if isinstance(error, sa_exc.IntegrityError):
-        text = str(error.orig)
-        if any(marker in text for marker in _UNIQUE_MARKERS):
-            return Conflict("A resource with the same unique key already exists.")
-        if any(marker in text for marker in _FK_MARKERS):
-            return Conflict("The resource refers to, or is referred to by, another resource.")
-        return Conflict("The change violates a database constraint.")
-    if isinstance(error, sa_exc.DBAPIError):
-        text = str(error.orig).lower()
-        if error.connection_invalidated or isinstance(
-            error, sa_exc.OperationalError | sa_exc.InterfaceError
-        ):
-            return DatabaseUnavailable()
-        if "database is locked" in text or "could not serialize" in text:
-            return DatabaseUnavailable()
-        return None
-    if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
-        return DatabaseUnavailable()
-    return None
+    """Map a driver/pool failure onto 422, 409 or 503; None for a real bug (500)."""
+    info = classify_database_error(error)
+    return app_error_for(info) if info is not None else None
 
 
 def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
@@ -239,6 +420,32 @@ def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+# Methods a 405's Allow may name; each is listed only if some route of the path serves it.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: Starlette, scope: Scope) -> list[str]:
+    """Every method some route serves at the request's path.
+
+    Starlette's 405 names the methods of the first route whose path matched, but one path is often
+    served by several routes (GET and POST of /users), and FastAPI keeps included routers nested.
+    So each method is asked of the whole route tree, through the routes' own matching.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method, "fastapi": {}}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+def _internal_error(exc: Exception) -> Response:
+    logger.error("unhandled error", exc_info=exc)
+    return problem_response(
+        500, "Internal error", "The service failed to handle the request.", "internal"
+    )
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     async def app_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, AppError)
@@ -249,14 +456,14 @@ def add_exception_handlers(app: FastAPI) -> None:
         errors = _validation_errors(exc)
         if any(e["type"] == "json_invalid" for e in errors):
             return MalformedBody().response()
-        first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        first: dict[str, Any] = errors[0] if errors else {"loc": [], "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"])
-        detail = f"{where}: {first['msg']}" if where else first["msg"]
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more)"
         return problem_response(422, "Validation failed", detail, "validation", errors)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if isinstance(exc.__cause__, AppError):  # e.g. the body limit, hit while FastAPI read it
             return exc.__cause__.response()
@@ -264,34 +471,33 @@ def add_exception_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else "The request cannot be processed."
         if exc.status_code == 404 and detail == "Not Found":
             detail = "No such route."
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
         return problem_response(
             exc.status_code,
             titles.get(exc.status_code, "HTTP error"),
             detail,
             {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error"),
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
-    async def database_error(_: Request, exc: Exception) -> Response:
-        mapped = database_error_to_app_error(exc)
-        if mapped is None:
-            return await unexpected(_, exc)
-        if mapped.status >= 500:
-            logger.warning("database unavailable: %s", type(exc).__name__)
+    async def failure(request: Request, exc: Exception) -> Response:
+        info = classify_database_error(exc)
+        mapped = app_error_for(info) if info is not None else None
+        if info is None or mapped is None:
+            return _internal_error(exc)
+        if info.failure is DatabaseFailure.RETRYABLE and ask_for_replay(request.scope):
+            logger.info("replaying the request once: %s [%s]", type(exc).__name__, info.code)
+        elif mapped.status >= 500:
+            logger.warning("database unavailable: %s [%s]", type(exc).__name__, info.code)
         return mapped.response()
-
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        mapped = database_error_to_app_error(exc)
-        if mapped is not None:
-            return mapped.response()
-        logger.exception("unhandled error", exc_info=exc)
-        return problem_response(
-            500, "Internal error", "The service failed to handle the request.", "internal"
-        )
 
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(sa_exc.SQLAlchemyError, database_error)
-    app.add_exception_handler(OSError, database_error)
-    app.add_exception_handler(Exception, unexpected)
+    # Database and driver failures, answered by the exception middleware (a handler for
+    # Exception runs in the outermost middleware, which re-raises it to the server's log).
+    for database_error in DATABASE_ERRORS:
+        app.add_exception_handler(database_error, failure)
+    app.add_exception_handler(Exception, failure)

@@ -25,7 +25,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db import begin_write
-from service.errors import AppError, DatabaseUnavailable, database_error_to_app_error
+from service.errors import (
+    AppError,
+    DatabaseFailure,
+    DatabaseUnavailable,
+    classify_database_error,
+    database_error_to_app_error,
+)
 
 logger = logging.getLogger("service.group_commit")
 
@@ -159,29 +165,80 @@ class GroupCommitWriter:
         return batch
 
     async def _flush(self, batch: list[_Entry]) -> None:
-        rows = [row for entry in batch for row in entry.rows]
         try:
-            async with self._sessionmaker() as session:
-                await begin_write(session)
-                ids = await self._write(session, rows)
-                await session.commit()
-        except Exception as error:
-            if not isinstance(error, AppError) and database_error_to_app_error(error) is None:
-                logger.exception("%s writer failed on %d rows", self.name, len(rows))
-            else:
-                logger.warning("%s writer failed: %s", self.name, type(error).__name__)
-            for entry in batch:
-                _resolve(entry, error=_problem_for(error))
-        else:
+            await self._commit_isolating(batch)
+        finally:
+            self._pending_rows -= sum(len(entry.rows) for entry in batch)
+            async with self._room:
+                self._room.notify_all()
+
+    async def _commit_isolating(self, batch: list[_Entry]) -> None:
+        """Commit `batch`; when it fails on one request's data, commit all the other requests.
+
+        Each entry is one request, written all or nothing. A failure the request caused (a value
+        or constraint the database refuses, or a 4xx the write function raises) is narrowed down
+        by splitting the batch in halves and committing each on its own, down to single entries:
+        one bad entry among n costs about 2·log2(n) extra transactions, and only it gets the error.
+        Any other failure (the database unreachable, a bug) fails the whole batch: the rows were
+        not written.
+        """
+        error = await self._commit(batch)
+        if error is None:
+            return
+        if len(batch) > 1 and _caused_by_request(error):
+            middle = len(batch) // 2
+            await self._commit_isolating(batch[:middle])
+            await self._commit_isolating(batch[middle:])
+            return
+        self._log_failure(error, batch)
+        for entry in batch:
+            _resolve(entry, error=_problem_for(error))
+
+    async def _commit(self, batch: list[_Entry]) -> Exception | None:
+        """One transaction for `batch`, retried once after a serialization failure or deadlock;
+        resolves every entry with its ids on success, returns the error otherwise."""
+        for attempt in range(2):
+            # Copies: a write function may adapt rows in place (e.g. JSON to text for COPY), and
+            # a retry or a split must start from the rows as submitted.
+            rows = [dict(row) for entry in batch for row in entry.rows]
+            try:
+                async with self._sessionmaker() as session:
+                    await begin_write(session)
+                    ids = await self._write(session, rows)
+                    await session.commit()
+            except Exception as error:
+                info = classify_database_error(error)
+                if attempt == 0 and info is not None and info.failure is DatabaseFailure.RETRYABLE:
+                    logger.info("%s writer retries a flush: %s", self.name, info.code)
+                    continue
+                return error
             offset = 0
             for entry in batch:
                 size = len(entry.rows)
                 _resolve(entry, ids[offset : offset + size] if ids is not None else None)
                 offset += size
-        finally:
-            self._pending_rows -= len(rows)
-            async with self._room:
-                self._room.notify_all()
+            return None
+        raise AssertionError("unreachable: the second attempt returns")
+
+    def _log_failure(self, error: Exception, batch: list[_Entry]) -> None:
+        rows = sum(len(entry.rows) for entry in batch)
+        if isinstance(error, AppError) or database_error_to_app_error(error) is not None:
+            logger.warning("%s writer failed on %d rows: %s", self.name, rows, _describe(error))
+        else:
+            logger.error("%s writer failed on %d rows", self.name, rows, exc_info=error)
+
+
+def _caused_by_request(error: Exception) -> bool:
+    """Whether the failure lies in some request's rows rather than in the database or the code."""
+    if isinstance(error, AppError):
+        return 400 <= error.status < 500
+    info = classify_database_error(error)
+    return info is not None and info.failure in (DatabaseFailure.DATA, DatabaseFailure.INTEGRITY)
+
+
+def _describe(error: Exception) -> str:
+    info = classify_database_error(error)
+    return f"{type(error).__name__} [{info.code}]" if info is not None else type(error).__name__
 
 
 def _problem_for(error: Exception) -> Exception:

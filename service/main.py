@@ -19,6 +19,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics, cache_metrics, pool_metrics
 from service.middleware import ServiceMiddleware
 from service.openapi import build_openapi
+from service.retry import ReplayOnSerializationFailure
 from service.routers import API_ROUTES, health
 from service.runtime import build_runtime, warmed, writers_running
 from service.security import Keyring, TokenAuthenticator
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     app.include_router(health.router)
     app.router.routes.extend(API_ROUTES)
+    # Inside ServiceMiddleware: a replayed request is not authenticated or counted twice.
+    app.add_middleware(ReplayOnSerializationFailure)
     app.add_middleware(
         ServiceMiddleware,
         metrics=metrics,
