@@ -23,7 +23,7 @@ from service.errors import (
     database_error_to_app_error,
 )
 from service.models.settings import PlatformSettings
-from service.retry import ReplayOnSerializationFailure
+from service.retry import DEFAULT_MAX_REPLAY_BYTES, ReplayOnSerializationFailure
 from tests.support import BACKEND, add_users, assert_problem, auth
 from tests.test_group_commit import count_rows, table_write_lock
 
@@ -301,8 +301,8 @@ class TestReplay:
         assert len(attempts) == 2
         assert await count_rows(db, "platform_settings") == 0
 
-    async def test_a_body_too_large_to_hold_is_not_replayed(self, client):
-        _mount_replay(client.app, max_replay_bytes=16)
+    async def test_a_body_too_large_to_hold_is_not_replayed(self, replaying):
+        client = replaying
         attempts: list[int] = []
 
         async def collides(body: dict[str, str]) -> None:
@@ -310,7 +310,8 @@ class TestReplay:
             raise sa_exc.DBAPIError("COMMIT", {}, _SerializationFailure("could not serialize"))
 
         _add_route(client, "/api/v1/_test/big", collides, ["POST"])
-        response = await client.post("/api/v1/_test/big", json={"pad": "x" * 64})
+        pad = "x" * DEFAULT_MAX_REPLAY_BYTES
+        response = await client.post("/api/v1/_test/big", json={"pad": pad})
         assert_problem(response, 503, "database-unavailable")
         assert attempts == [1]
 
