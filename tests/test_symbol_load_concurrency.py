@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,47 @@ class TestAFailedUpload:
         response = await put_contract(client, CONTRACT)
         assert response.status_code == 200, response.text
         assert response.json()["version"] == 2
+
+
+class TestIndexRebuild:
+    async def test_other_tasks_keep_the_garbage_collector_during_a_rebuild(self, client):
+        """A load ends with this instance rebuilding its index, which awaits between chunks of
+        rows: whenever another task runs meanwhile, cyclic garbage collection is on, and nothing
+        is left set aside from the collector afterwards."""
+        contract = generate(45_000, seed=33)  # more than one chunk of rows to fetch
+        body = to_csv(contract)
+
+        class Node:
+            def __init__(self) -> None:
+                self.me = self  # a reference cycle: only the cyclic collector frees it
+
+        cycle: list[Node] = [Node()]
+        dead = weakref.ref(cycle[0])
+        samples: list[bool] = []
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            while not done.is_set():
+                samples.append(gc.isenabled())
+                if cycle and gc.get_freeze_count():
+                    cycle.clear()  # becomes garbage while the rebuild has objects set aside
+                await asyncio.sleep(0.001)
+
+        async def load() -> Any:
+            try:
+                return await client.put("/api/v1/symbols", content=body, headers=CSV)
+            finally:
+                done.set()
+
+        assert gc.isenabled()
+        response, _ = await asyncio.gather(load(), probe())
+        assert response.status_code == 200, response.text
+        assert len(samples) > 10
+        assert all(samples), f"collector off in {samples.count(False)} of {len(samples)} turns"
+        assert gc.isenabled()
+        assert gc.get_freeze_count() == 0
+        cycle.clear()
+        gc.collect()
+        assert dead() is None
+        stats = (await client.get("/api/v1/symbols/stats")).json()
+        assert stats["rows"] == len(contract)
