@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import os
+import time
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -227,6 +229,24 @@ class TestAFailedUpload:
         response = await put_contract(client, CONTRACT)
         assert response.status_code == 200, response.text
         assert response.json()["version"] == 2
+
+    @pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite stages a load in a file")
+    async def test_staging_files_abandoned_by_a_dead_process_are_removed(
+        self, client, database_url
+    ):
+        directory = Path(make_url(database_url).database or "").parent
+        abandoned = directory / ".symbols-load-abandoned.sqlite"
+        recent = directory / ".symbols-load-another-load.sqlite"
+        unrelated = directory / "notes.sqlite"
+        for path in (abandoned, recent, unrelated):
+            path.write_bytes(b"x")
+        two_hours_ago = time.time() - 7200
+        for path in (abandoned, unrelated):
+            os.utime(path, (two_hours_ago, two_hours_ago))
+        response = await put_contract(client, CONTRACT)
+        assert response.status_code == 200, response.text
+        assert staging_files(database_url) == [recent]  # another load's file may be in use
+        assert unrelated.exists()
 
 
 class TestIndexRebuild:

@@ -527,6 +527,8 @@ async def _finish_swap(session: AsyncSession) -> int:
 # --- SQLite: staged in a file, swapped in one short write transaction ---------------------------
 
 _STAGING = "contract_staging"  # the staging file's schema name while attached for the swap
+_STAGING_PREFIX = ".symbols-load-"
+_ABANDONED_AFTER_S = 3600.0
 _STAGED_COLUMNS = ", ".join(COLUMNS)
 _STAGED_INSERT = f"INSERT INTO rows VALUES ({', '.join('?' * len(COLUMNS))})"
 
@@ -603,9 +605,24 @@ class _StagingFile:
 
 
 def _new_file(directory: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=".symbols-load-", suffix=".sqlite", dir=directory)
+    _remove_abandoned(directory)
+    fd, name = tempfile.mkstemp(prefix=_STAGING_PREFIX, suffix=".sqlite", dir=directory)
     os.close(fd)
     return Path(name)
+
+
+def _remove_abandoned(directory: Path) -> None:
+    """Staging files left by a process that died during a load (one that finished or failed
+    removes its own). One still in use is written to as its rows arrive: only files untouched
+    for an hour are taken for abandoned."""
+    cutoff = time.time() - _ABANDONED_AFTER_S
+    for path in directory.glob(f"{_STAGING_PREFIX}*.sqlite"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                logger.warning("removed an abandoned staging file of a contract load: %s", path)
+        except FileNotFoundError:
+            pass  # removed meanwhile by another instance
 
 
 async def _insert(connection: aiosqlite.Connection, rows: list[Row]) -> None:
