@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.repositories import symbol_load
 from tests.contract import generate, put_contract, row, to_csv
 from tests.support import BACKEND, assert_problem
 
@@ -229,6 +230,21 @@ class TestAFailedUpload:
         response = await put_contract(client, CONTRACT)
         assert response.status_code == 200, response.text
         assert response.json()["version"] == 2
+
+    @pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite stages a load in a file")
+    async def test_a_staging_file_that_cannot_be_written_is_503_and_changes_nothing(
+        self, client, db, database_url, monkeypatch
+    ):
+        assert (await put_contract(client, OLD)).status_code == 200
+        before = await symbol_tokens(db)
+        # As a full disk would: the staging file refuses the rows.
+        monkeypatch.setattr(symbol_load, "_STAGED_INSERT", "INSERT INTO no_such_table VALUES (?)")
+        response = await put_contract(client, CONTRACT)
+        assert_problem(response, 503, "database-unavailable")
+        assert response.headers["retry-after"]
+        assert await symbol_tokens(db) == before
+        assert staging_files(database_url) == []
+        assert (await client.post(LOGS, json=traffic_log(0))).status_code == 201
 
     @pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite stages a load in a file")
     async def test_staging_files_abandoned_by_a_dead_process_are_removed(

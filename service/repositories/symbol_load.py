@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import csv
 import logging
 import math
 import os
 import re
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -550,18 +552,20 @@ class _StagingFile:
     async def create(cls, directory: Path) -> _StagingFile:
         path = await asyncio.to_thread(_new_file, directory)
         try:
-            connection = await aiosqlite.connect(path, isolation_level=None)
+            with _staging_failures_unavailable():
+                connection = await aiosqlite.connect(path, isolation_level=None)
             try:
-                for statement in (
-                    "PRAGMA journal_mode=OFF",
-                    "PRAGMA synchronous=OFF",
-                    # In the contract's key order: the swap then adds every row to the end of
-                    # the primary key's index, rather than all over it.
-                    f"CREATE TABLE rows ({_STAGED_COLUMNS}, PRIMARY KEY (exchange, symbol))"
-                    " WITHOUT ROWID",
-                    "BEGIN",
-                ):
-                    await connection.execute(statement)
+                with _staging_failures_unavailable():
+                    for statement in (
+                        "PRAGMA journal_mode=OFF",
+                        "PRAGMA synchronous=OFF",
+                        # In the contract's key order: the swap then adds every row to the end
+                        # of the primary key's index, rather than all over it.
+                        f"CREATE TABLE rows ({_STAGED_COLUMNS}, PRIMARY KEY (exchange, symbol))"
+                        " WITHOUT ROWID",
+                        "BEGIN",
+                    ):
+                        await connection.execute(statement)
             except BaseException:
                 await connection.close()
                 raise
@@ -582,7 +586,8 @@ class _StagingFile:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
-                await connection.execute("COMMIT")
+                with _staging_failures_unavailable():
+                    await connection.execute("COMMIT")
             finally:
                 await connection.close()
 
@@ -601,7 +606,21 @@ class _StagingFile:
     async def _wait(self) -> None:
         if self._writing is not None:
             writing, self._writing = self._writing, None
-            await writing
+            with _staging_failures_unavailable():
+                await writing
+
+
+@contextlib.contextmanager
+def _staging_failures_unavailable() -> Iterator[None]:
+    """A failure of the staging file (a full disk, say) is the server's, not the upload's: 503,
+    like a database that cannot take the load now, rather than a 500."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        logger.error("staging a contract load failed: %s", error)
+        raise DatabaseUnavailable(
+            "The contract could not be staged for loading; retry shortly."
+        ) from error
 
 
 def _new_file(directory: Path) -> Path:
