@@ -398,8 +398,8 @@ def _existing_objects_set_aside() -> Iterator[None]:
     """While a snapshot is built, the collector leaves alone every object that existed before
     (the old snapshot above all: millions of references that each full collection would walk).
 
-    Full collections during a build were two thirds of its time (measured on 200k rows: 1.1 to
-    2.2 s of collector time per build, 0.1 to 0.2 s with this). The collector keeps running over
+    Measured on 200k rows (a busy 2-core machine): full collections took 1.1 to 2.2 s of a
+    build, 0.1 to 0.2 s with the old objects set aside. The collector keeps running over
     everything allocated meanwhile, requests included; what was set aside is handed back to it
     afterwards, so a cycle among it that died meanwhile is collected then. Skipped when objects
     are frozen already (by a pre-fork server, on purpose): handing them back would undo that."""
