@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import itertools
 import logging
@@ -37,7 +38,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from operator import eq, itemgetter
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 logger = logging.getLogger("service.symbols")
 
@@ -375,6 +376,56 @@ class SymbolIndex:
         return strike in self.strike[first : first + (1 << BLOCK_SHIFT)]
 
 
+@contextlib.contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection during one synchronous step of a build: the step makes tens
+    of thousands of containers that all survive, and the collector would walk them over and over.
+    Reference counting still frees everything else meanwhile.
+
+    Only around code that never awaits: no other task runs while the collector is off, so the
+    rest of the process never runs without it (it is back on between two chunks of rows)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def _existing_objects_set_aside() -> Iterator[None]:
+    """While a snapshot is built, the collector leaves alone every object that existed before
+    (the old snapshot above all: millions of references that each full collection would walk).
+
+    Measured on 200k rows (a busy 2-core machine): full collections took 1.1 to 2.2 s of a
+    build, 0.1 to 0.2 s with the old objects set aside. The collector keeps running over
+    everything allocated meanwhile, requests included; what was set aside is handed back to it
+    afterwards, so a cycle among it that died meanwhile is collected then. Skipped when objects
+    are frozen already (by a pre-fork server, on purpose): handing them back would undo that."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _synchronous_build_step(step: Callable[_P, _R]) -> Callable[_P, _R]:
+    @functools.wraps(step)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _cycle_collection_paused():
+            return step(*args, **kwargs)
+
+    return paused
+
+
 class IndexBuilder:
     """Builds a SymbolIndex from chunks of rows in search-rank order, each chunk given as its
     columns (eleven equal-length sequences, in COLUMNS order). The work is done chunk by chunk,
@@ -399,6 +450,7 @@ class IndexBuilder:
         self._expiries: set[tuple[str | None, str, str | None, str | None]] = set()
         self._unfolded: dict[str, list[int]] = {}
 
+    @_synchronous_build_step
     def add(self, columns: Sequence[Sequence[Any]]) -> None:
         (symbol, brsymbol, name, exchange, brexchange, token, expiry, strike, lotsize,
          itype, tick) = columns  # fmt: skip
@@ -410,7 +462,7 @@ class IndexBuilder:
             # snapshot shares the old one's strings instead of holding copies. Peak memory during
             # a rebuild is then one set of strings, not two, and the heap stays dense when the
             # old snapshot goes.
-            reuse = self._old_strings().get
+            reuse: Callable[[str, str], str] = self._old_strings().get
             symbol, brsymbol, token = (
                 list(map(reuse, values, values)) for values in (symbol, brsymbol, token)
             )
@@ -475,11 +527,13 @@ class IndexBuilder:
             self._old.update(zip(previous.token, previous.token, strict=True))
         return self._old
 
+    @_synchronous_build_step
     def add_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         # A pass per column with itemgetter: three times cheaper than zip(*rows) on records.
         if rows:
             self.add([list(map(itemgetter(k), rows)) for k in range(len(COLUMNS))])
 
+    @_synchronous_build_step
     def finish(self) -> SymbolIndex:
         self._previous = self._old = None
         index = SymbolIndex()
@@ -554,21 +608,6 @@ def release_free_memory() -> None:
         _trim(0)
 
 
-@contextlib.contextmanager
-def _cycle_collection_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a snapshot is built: the build makes hundreds of
-    thousands of containers that all survive, and the collector would walk them (and the old
-    snapshot) over and over, a third of the rebuild's time. Reference counting still frees
-    everything else meanwhile."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class SymbolIndexHolder:
     """The current snapshot of one app instance, and the one way it is replaced.
 
@@ -593,7 +632,7 @@ class SymbolIndexHolder:
             if not force and current is not None and await self._read_version() == current.version:
                 return current
             started = time.perf_counter()
-            with _cycle_collection_paused():
+            with _existing_objects_set_aside():
                 index = await self._read_index(current)
             self.index = index
             del current  # the old snapshot goes once the requests holding it are answered

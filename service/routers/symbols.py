@@ -69,17 +69,25 @@ def _exchanges(values: list[str] | None) -> frozenset[str] | None:
     openapi_extra=_UPLOAD,
 )
 async def load_symbols(
-    request: Request, session: SessionDep, state: StateDep, exchange: ExchangesQuery = None
+    request: Request, state: StateDep, exchange: ExchangesQuery = None
 ) -> SymbolLoadRead:
     """Replace the master contract (or only `exchange`s) with a CSV or NDJSON upload, atomically."""
     started = time.perf_counter()
     fmt = symbol_load.media_format(request.headers.get("content-type"))
     if fmt is None:
         raise UnsupportedMediaType("Send the contract as text/csv or application/x-ndjson (UTF-8).")
-    result = await symbol_load.load_contract(session, request.stream(), fmt, _exchanges(exchange))
-    # Committed here rather than by the session dependency: the answer must come after this
-    # instance's index holds the new contract, and the index is built from committed rows.
-    await session.commit()
+    # No session dependency: it would begin a write transaction (on SQLite, take the write lock)
+    # before the body is read and hold it for the whole upload. The load opens its own, short,
+    # once the body is parsed, and commits it.
+    result = await symbol_load.load_contract(
+        state.engine,
+        state.sessionmaker,
+        state.settings,
+        request.stream(),
+        fmt,
+        _exchanges(exchange),
+    )
+    # The answer comes once this instance's index holds the new contract.
     await state.runtime.symbols.refresh()
     return SymbolLoadRead(
         rows=result.rows,
