@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -25,14 +26,20 @@ _WRITE_INTENT = "sqlite_write_intent"
 
 
 def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> AsyncEngine:
-    """The one engine of the app, its pool sized from settings."""
+    """The one engine of the app, its pool sized from settings.
+
+    `null_pool` engines (migrations, key rotation, tests' direct access) get no statement
+    timeout: a migration may rightly run longer than any request should.
+    """
     url = make_url(settings.DATABASE_URL)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
+        statement_timeout = None if null_pool else settings.DB_STATEMENT_TIMEOUT or None
         kwargs["connect_args"] = {
             # Bounds connection set-up, so an unreachable server gives 503, never a hang.
             "timeout": settings.DB_POOL_TIMEOUT,
-            "command_timeout": 60,
+            # Bounds every statement, so a connection that went silent gives 503, never a hang.
+            "command_timeout": statement_timeout,
             "server_settings": {"application_name": APPLICATION_NAME, "jit": "off"},
         }
         if null_pool:
@@ -47,7 +54,11 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
                 pool_use_lifo=True,
             )
         engine = create_async_engine(url, **kwargs)
-        engine.sync_engine.dialect.do_ping = _ping_one_round_trip  # type: ignore[method-assign]
+        ping_timeout = min(settings.DB_POOL_TIMEOUT, statement_timeout or settings.DB_POOL_TIMEOUT)
+        engine.sync_engine.dialect.do_ping = functools.partial(  # type: ignore[method-assign]
+            _ping_one_round_trip, timeout=ping_timeout
+        )
+        event.listen(engine.sync_engine, "handle_error", _server_going_away)
     else:
         memory = url.database in (None, "", ":memory:")
         if memory:
@@ -65,18 +76,40 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
     return engine
 
 
-def _ping_one_round_trip(dbapi_connection: Any) -> bool:
-    """Pre-ping with one empty query.
+def _ping_one_round_trip(dbapi_connection: Any, *, timeout: float) -> bool:
+    """Pre-ping with one empty query, answered within `timeout`.
 
     SQLAlchemy's asyncpg ping wraps it in BEGIN/ROLLBACK for PgBouncer's transaction mode: three
     round trips on every checkout. Against PostgreSQL itself one query proves the connection
     alive; a failure is translated as the driver's own ping would, so the pool replaces it.
+    A connection that stays silent is closed and the checkout fails with the timeout (503): a
+    silent route would only make the reconnect hang as well, and the pool reconnects the next
+    time.
     """
+    driver = dbapi_connection.driver_connection
     try:
-        await_(dbapi_connection.driver_connection.fetchrow(";"))
+        await_(driver.fetchrow(";", timeout=timeout))
+    except TimeoutError:
+        driver.terminate()
+        raise
     except Exception as error:
         dbapi_connection._handle_exception(error)
     return True
+
+
+# SQLSTATE classes that mean "this connection, or the server, is going away or not there yet":
+# 08 connection exception, 57P01-57P05 admin/crash shutdown, cannot connect now (starting up,
+# recovering), idle-session timeout. asyncpg raises them as plain PostgresErrors, which
+# SQLAlchemy does not count as disconnects, so they would pass for bugs.
+_GOING_AWAY = ("08", "57P")
+
+
+def _server_going_away(context: ExceptionContext) -> None:
+    """Count the server's going-away errors as disconnects: the pool drops the connection, and
+    the error says `connection_invalidated`, which the API answers with 503."""
+    sqlstate = getattr(context.original_exception, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_GOING_AWAY):
+        context.is_disconnect = True
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
