@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
-from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import (
+    AsyncAdaptedQueuePool,
+    NullPool,
+    PoolProxiedConnection,
+    StaticPool,
+)
 from sqlalchemy.util import await_
 
 from service.cache import InvalidationBus
@@ -46,6 +53,7 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
             kwargs["poolclass"] = NullPool
         else:
             kwargs.update(
+                poolclass=_OneDeadlinePool,
                 pool_size=settings.DB_POOL_SIZE,
                 max_overflow=settings.DB_MAX_OVERFLOW,
                 pool_timeout=settings.DB_POOL_TIMEOUT,
@@ -58,6 +66,7 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
         engine.sync_engine.dialect.do_ping = functools.partial(  # type: ignore[method-assign]
             _ping_one_round_trip, timeout=ping_timeout
         )
+        event.listen(engine.sync_engine, "do_connect", _connect_within_deadline)
         event.listen(engine.sync_engine, "handle_error", _server_going_away)
     else:
         memory = url.database in (None, "", ":memory:")
@@ -76,6 +85,43 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
     return engine
 
 
+# When the checkout under way must be over (monotonic seconds); set by _OneDeadlinePool.
+_checkout_deadline: ContextVar[float | None] = ContextVar("checkout_deadline", default=None)
+# Never leave a step less than this, so a connection that is fine is not failed for lack of time.
+_MIN_STEP_S = 0.1
+
+
+class _OneDeadlinePool(AsyncAdaptedQueuePool):
+    """A queue pool whose checkout gets one pool timeout in all.
+
+    Waiting for a free slot, the pre-ping and opening a new connection each have their own
+    timeout; behind a black hole they would add up (a request waits for a slot, then for a
+    connection that never answers). Sharing one deadline keeps the 503 within DB_POOL_TIMEOUT.
+    """
+
+    def connect(self) -> PoolProxiedConnection:
+        token = _checkout_deadline.set(time.monotonic() + self._timeout)
+        try:
+            return super().connect()
+        finally:
+            _checkout_deadline.reset(token)
+
+
+def _within_deadline(limit: float) -> float:
+    deadline = _checkout_deadline.get()
+    if deadline is None:
+        return limit
+    return min(limit, max(deadline - time.monotonic(), _MIN_STEP_S))
+
+
+def _connect_within_deadline(
+    dialect: Dialect, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]
+) -> Any:
+    """Open a connection with what is left of the checkout's deadline as its timeout."""
+    timeout = _within_deadline(cparams["timeout"])
+    return dialect.connect(*cargs, **{**cparams, "timeout": timeout})
+
+
 def _ping_one_round_trip(dbapi_connection: Any, *, timeout: float) -> bool:
     """Pre-ping with one empty query, answered within `timeout`.
 
@@ -88,7 +134,7 @@ def _ping_one_round_trip(dbapi_connection: Any, *, timeout: float) -> bool:
     """
     driver = dbapi_connection.driver_connection
     try:
-        await_(driver.fetchrow(";", timeout=timeout))
+        await_(driver.fetchrow(";", timeout=_within_deadline(timeout)))
     except TimeoutError:
         driver.terminate()
         raise

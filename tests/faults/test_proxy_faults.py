@@ -125,28 +125,11 @@ async def test_fault_ends_in_503_within_the_timeout(
     else:
         proxy.black_hole = True
 
-    results = await _burst(client, fault)
+    # More requests at once than the pool has connections: some wait for a slot first, and
+    # that wait shares the one pool timeout with the pre-ping and the reconnect.
+    results = await _burst(client, fault, copies=4)
 
-    assert set(_statuses(results)) == {503}, results
-    assert max(elapsed for method, _, elapsed in results if method != "POST") <= BOUND, results
-    # A group-commit write may also wait for the flush ahead of it to time out first.
-    assert max(elapsed for method, _, elapsed in results if method == "POST") <= BOUND + TIMEOUT
-    proxy.heal()
-    await _healthy_again(client, db)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="group_commit.py: rows queued behind a flush that failed for an outage wait for a "
-    "flush slot and then their own timeout, instead of failing with it",
-)
-async def test_group_commit_write_in_a_black_hole_ends_within_the_timeout(
-    proxy: TcpProxy, proxy_url: str, client_factory: Any, db: AsyncEngine
-) -> None:
-    client = await _start(client_factory, proxy_url)
-    assert _statuses(await _burst(client, "before")) == [200, 200, 201] * 3
-    proxy.black_hole = True
-    results = await _burst(client, "black-hole")
-    proxy.heal()
     assert set(_statuses(results)) == {503}, results
     assert max(elapsed for _, _, elapsed in results) <= BOUND, results
+    proxy.heal()
+    await _healthy_again(client, db)
