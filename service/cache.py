@@ -173,12 +173,12 @@ class InvalidationBus:
     def _went_down(self, reason: str) -> None:
         self.failures += 1
         self.last_error = reason
-        if self.connected.is_set():
-            self.connected.clear()
-            self.since = datetime.now(UTC)
-            logger.warning("invalidation listener lost (%s); caches off, reconnecting", reason)
-        else:
+        if not self.connected.is_set():  # still down: caches are off and empty already
             logger.warning("invalidation listener cannot listen (%s); retrying", reason)
+            return
+        self.connected.clear()
+        self.since = datetime.now(UTC)
+        logger.warning("invalidation listener lost (%s); caches off, reconnecting", reason)
         # Notifications may have been missed: nothing cached before this moment can be trusted.
         self.dispatch_all()
 
