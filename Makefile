@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 PG_URL ?= $(or $(TEST_DATABASE_URL),postgresql://postgres@127.0.0.1:5432/test)
 
-.PHONY: run test test-sqlite test-postgres fuzz lint format migrate bench clean
+.PHONY: run test test-sqlite test-postgres test-faults typecheck fuzz lint format migrate bench clean
 
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-postgres: $(DEPS)
 	else \
 		echo "== SKIPPED the PostgreSQL leg: no server answers (set TEST_DATABASE_URL to run it) =="; \
 	fi
+
+# Outages, network faults and shutdowns, against a private PostgreSQL cluster each test starts
+# (initdb/pg_ctl) and a live server; not collected by a plain `pytest`.
+test-faults: $(DEPS)
+	$(PY) -m pytest -q -p no:cacheprovider tests/faults
 
 # The fuzzing gate: schemathesis (every check, every phase) against a live server on SQLite, then
 # on PostgreSQL (skipped when no server answers, failing when REQUIRE_POSTGRES is set).

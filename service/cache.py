@@ -7,19 +7,23 @@ backend the same invalidation is also applied locally right after the commit (SQ
 `after_commit` session event), so the instance that made the change never serves stale data, not
 even for the moment the notification takes to come back. A rollback discards it.
 
-When the listening connection is lost, every cache is flushed (notifications may have been
-missed) and it reconnects. TTLs are a backstop, never the mechanism.
+When the listening connection is lost, or cannot be set up, every cache is flushed (notifications
+may have been missed) and caches stay off, neither serving nor keeping entries, until it listens
+again; it retries with backoff, forever. TTLs are a backstop, never the mechanism.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,7 +42,21 @@ V = TypeVar("V")
 
 
 class InvalidationBus:
-    """Fans invalidations out to subscribers, locally and (on PostgreSQL) across instances."""
+    """Fans invalidations out to subscribers, locally and (on PostgreSQL) across instances.
+
+    On PostgreSQL a supervised task keeps one connection LISTENing: whatever fails (connecting,
+    LISTEN, the connection later) it flushes every cache and tries again with backoff, forever.
+    Until it listens again `connected` is clear and caches neither serve nor keep entries, so
+    reads go to the database and no instance serves data another one has changed meanwhile.
+    """
+
+    # Seconds between liveness probes of an idle listening connection, and their bound.
+    probe_interval = 15.0
+    probe_timeout = 5.0
+    # Reconnect backoff: doubles from the first to the last, with jitter.
+    backoff = (0.5, 10.0)
+    # How long start() waits for the first LISTEN before serving with caches off.
+    start_wait = 10.0
 
     def __init__(self, dsn: str | None = None) -> None:
         self._dsn = dsn  # a plain asyncpg DSN; None on SQLite (one process only)
@@ -48,12 +66,22 @@ class InvalidationBus:
         self._handlers: dict[str, list[Handler]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set while invalidations from every instance reach this one (always, on SQLite).
         self.connected = asyncio.Event()
         self._attempted = asyncio.Event()  # the first connection attempt is over, either way
+        self.since = datetime.now(UTC)  # when `connected` last changed
+        self.last_error: str | None = None  # why the listener is down, while it is
+        self.failures = 0  # connections lost or refused since start
+        if dsn is None:
+            self.connected.set()
 
     @property
     def distributed(self) -> bool:
         return self._dsn is not None
+
+    def caching_allowed(self) -> bool:
+        """Whether caches may serve and keep entries: only while no invalidation can be missed."""
+        return self.connected.is_set()
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         self._handlers.setdefault(topic, []).append(handler)
@@ -75,11 +103,16 @@ class InvalidationBus:
             self.dispatch(topic, ALL)
 
     async def start(self) -> None:
-        if self._dsn is not None and self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="invalidation-listener")
-            # Serving before the listener is up could miss invalidations; a database that is
-            # down must not hold start-up, though: the listener keeps retrying.
-            await self._attempted.wait()
+        """Start listening; never fails and never waits longer than `start_wait`.
+
+        Serving before the listener is up would be unsafe only with caches on, and they stay off
+        until it is: a database that is down or a LISTEN that fails must not hold start-up.
+        """
+        if self._dsn is None or self._listener is not None:
+            return
+        self._listener = asyncio.create_task(self._supervise(), name="invalidation-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempted.wait(), self.start_wait)
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -89,47 +122,65 @@ class InvalidationBus:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _listen(self) -> None:
+    async def _supervise(self) -> None:
+        low, high = self.backoff
+        delay = low
+        while True:
+            try:
+                await self._listen_once()
+                delay = low  # it was up: a later loss starts the backoff afresh
+            except Exception as error:  # whatever failed (connect, LISTEN, a probe): again
+                self._went_down(f"{type(error).__name__}: {error}"[:200])
+            finally:
+                self._attempted.set()
+            await asyncio.sleep(delay * random.uniform(0.75, 1.25))
+            delay = min(delay * 2, high)
+
+    async def _listen_once(self) -> None:
+        """One connection: LISTEN, then wait until it is lost. Raises when a step fails."""
         import asyncpg
 
-        delay = 0.5
-        reconnecting = False
-        while True:
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self.probe_timeout,
+            server_settings={"application_name": LISTENER_NAME},
+        )
+        try:
             lost = asyncio.Event()
-            try:
-                conn = await asyncpg.connect(
-                    self._dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
-                )
-            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-                logger.warning("invalidation listener cannot connect (%s); retrying", error)
-                reconnecting = True
-                self._attempted.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
-                continue
-            try:
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
-                if reconnecting:  # anything may have changed while we were not listening
-                    self.dispatch_all()
-                reconnecting = True
-                self.connected.set()
-                self._attempted.set()
-                delay = 0.5
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), timeout=15)
-                    except TimeoutError:
-                        try:
-                            await conn.execute("SELECT 1", timeout=5)
-                        except Exception:
-                            lost.set()
-                logger.warning("invalidation listener lost its connection; reconnecting")
-                self.connected.clear()
-                self.dispatch_all()
-            finally:
-                if not conn.is_closed():
-                    conn.terminate()
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener(CHANNEL, self._on_notify)
+            self._came_up()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self.probe_interval)
+                if not lost.is_set():
+                    await conn.execute("SELECT 1", timeout=self.probe_timeout)
+            self._went_down("the listening connection was closed")
+        finally:
+            if not conn.is_closed():
+                conn.terminate()
+
+    def _came_up(self) -> None:
+        # Anything may have changed while nobody listened, and fills that started before now
+        # read what may be stale: drop the one, make the other fail its generation check.
+        self.dispatch_all()
+        self.connected.set()
+        self._attempted.set()
+        self.since = datetime.now(UTC)
+        self.last_error = None
+        logger.info("invalidation listener is listening")
+
+    def _went_down(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        if not self.connected.is_set():  # still down: caches are off and empty already
+            logger.warning("invalidation listener cannot listen (%s); retrying", reason)
+            return
+        self.connected.clear()
+        self.since = datetime.now(UTC)
+        logger.warning("invalidation listener lost (%s); caches off, reconnecting", reason)
+        # Notifications may have been missed: nothing cached before this moment can be trusted.
+        self.dispatch_all()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         origin, _, rest = payload.partition(":")
@@ -166,10 +217,20 @@ def _discard_after_rollback(session: Session) -> None:
 class LocalCache(Generic[K, V]):
     """A dict with hit/miss counters, an optional TTL backstop and a size bound."""
 
-    def __init__(self, name: str, *, ttl: float | None = 300.0, max_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        ttl: float | None = 300.0,
+        max_size: int = 100_000,
+        enabled: Callable[[], bool] | None = None,
+    ) -> None:
         self.name = name
         self.ttl = ttl
         self.max_size = max_size
+        # Consulted on every get and set: while it says no (the invalidation listener is down),
+        # the cache neither serves nor keeps anything, so every read goes to the database.
+        self._enabled = enabled or _always
         self._data: dict[K, tuple[float, V]] = {}
         self.hits = 0
         self.misses = 0
@@ -178,6 +239,9 @@ class LocalCache(Generic[K, V]):
         self.generation = 0
 
     def get(self, key: K) -> V | None:
+        if not self._enabled():
+            self.misses += 1
+            return None
         entry = self._data.get(key)
         if entry is not None and (self.ttl is None or entry[0] > time.monotonic()):
             self.hits += 1
@@ -186,6 +250,8 @@ class LocalCache(Generic[K, V]):
         return None
 
     def set(self, key: K, value: V, ttl: float | None = None) -> None:
+        if not self._enabled():
+            return
         if len(self._data) >= self.max_size:
             self._data.clear()  # crude but bounded; a full cache refills from the database
         lifetime = ttl if ttl is not None else self.ttl
@@ -198,7 +264,7 @@ class LocalCache(Generic[K, V]):
         A read that started before a change committed would otherwise put the old value back
         after the change's invalidation had passed, and serve it until the TTL.
         """
-        if generation != self.generation:
+        if generation != self.generation or not self._enabled():
             return False
         self.set(key, value)
         return True
@@ -208,7 +274,7 @@ class LocalCache(Generic[K, V]):
         if key == ALL:
             self._data.clear()
         else:
-            self._data.pop(key, None)  # type: ignore[call-overload]
+            self._data.pop(cast(K, key), None)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -232,10 +298,14 @@ class CacheRegistry:
         """The cache called `name`, created on first use and invalidated by `topic` (or `name`)."""
         cache = self._caches.get(name)
         if cache is None:
-            cache = LocalCache(name, ttl=ttl, max_size=max_size)
+            cache = LocalCache(name, ttl=ttl, max_size=max_size, enabled=self.bus.caching_allowed)
             self._caches[name] = cache
             self.bus.subscribe(topic or name, cache.invalidate)
         return cache
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[LocalCache[Any, Any]]:
         return iter(self._caches.values())
+
+
+def _always() -> bool:
+    return True

@@ -41,6 +41,9 @@ class DatabaseSettings(BaseSettings):
     DB_POOL_TIMEOUT: float = Field(5.0, gt=0)
     DB_POOL_RECYCLE: int = Field(1800, ge=-1)
     DB_POOL_PRE_PING: bool = True
+    # Seconds one statement may take on PostgreSQL before the service gives up on it (503): what
+    # ends a request whose connection went silent (a black-holed route, a hung server). 0 = none.
+    DB_STATEMENT_TIMEOUT: float = Field(30.0, ge=0)
 
     @field_validator("DATABASE_URL", mode="before")
     @classmethod

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import (
+    AsyncAdaptedQueuePool,
+    NullPool,
+    PoolProxiedConnection,
+    StaticPool,
+)
 from sqlalchemy.util import await_
 
 from service.cache import InvalidationBus
@@ -26,20 +34,27 @@ _WRITE_INTENT = "sqlite_write_intent"
 
 
 def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> AsyncEngine:
-    """The one engine of the app, its pool sized from settings."""
+    """The one engine of the app, its pool sized from settings.
+
+    `null_pool` engines (migrations, key rotation, tests' direct access) get no statement
+    timeout: a migration may rightly run longer than any request should.
+    """
     url = make_url(settings.DATABASE_URL)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
+        statement_timeout = None if null_pool else settings.DB_STATEMENT_TIMEOUT or None
         kwargs["connect_args"] = {
             # Bounds connection set-up, so an unreachable server gives 503, never a hang.
             "timeout": settings.DB_POOL_TIMEOUT,
-            "command_timeout": 60,
+            # Bounds every statement, so a connection that went silent gives 503, never a hang.
+            "command_timeout": statement_timeout,
             "server_settings": {"application_name": APPLICATION_NAME, "jit": "off"},
         }
         if null_pool:
             kwargs["poolclass"] = NullPool
         else:
             kwargs.update(
+                poolclass=_OneDeadlinePool,
                 pool_size=settings.DB_POOL_SIZE,
                 max_overflow=settings.DB_MAX_OVERFLOW,
                 pool_timeout=settings.DB_POOL_TIMEOUT,
@@ -48,7 +63,12 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
                 pool_use_lifo=True,
             )
         engine = create_async_engine(url, **kwargs)
-        engine.sync_engine.dialect.do_ping = _ping_one_round_trip  # type: ignore[method-assign]
+        ping_timeout = min(settings.DB_POOL_TIMEOUT, statement_timeout or settings.DB_POOL_TIMEOUT)
+        engine.sync_engine.dialect.do_ping = functools.partial(  # type: ignore[method-assign]
+            _ping_one_round_trip, timeout=ping_timeout
+        )
+        event.listen(engine.sync_engine, "do_connect", _connect_within_deadline)
+        event.listen(engine.sync_engine, "handle_error", _server_going_away)
     else:
         memory = url.database in (None, "", ":memory:")
         if memory:
@@ -66,18 +86,77 @@ def make_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> Async
     return engine
 
 
-def _ping_one_round_trip(dbapi_connection: Any) -> bool:
-    """Pre-ping with one empty query.
+# When the checkout under way must be over (monotonic seconds); set by _OneDeadlinePool.
+_checkout_deadline: ContextVar[float | None] = ContextVar("checkout_deadline", default=None)
+# Never leave a step less than this, so a connection that is fine is not failed for lack of time.
+_MIN_STEP_S = 0.1
+
+
+class _OneDeadlinePool(AsyncAdaptedQueuePool):
+    """A queue pool whose checkout gets one pool timeout in all.
+
+    Waiting for a free slot, the pre-ping and opening a new connection each have their own
+    timeout; behind a black hole they would add up (a request waits for a slot, then for a
+    connection that never answers). Sharing one deadline keeps the 503 within DB_POOL_TIMEOUT.
+    """
+
+    def connect(self) -> PoolProxiedConnection:
+        token = _checkout_deadline.set(time.monotonic() + self._timeout)
+        try:
+            return super().connect()
+        finally:
+            _checkout_deadline.reset(token)
+
+
+def _within_deadline(limit: float) -> float:
+    deadline = _checkout_deadline.get()
+    if deadline is None:
+        return limit
+    return min(limit, max(deadline - time.monotonic(), _MIN_STEP_S))
+
+
+def _connect_within_deadline(
+    dialect: Dialect, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]
+) -> Any:
+    """Open a connection with what is left of the checkout's deadline as its timeout."""
+    timeout = _within_deadline(cparams["timeout"])
+    return dialect.connect(*cargs, **{**cparams, "timeout": timeout})
+
+
+def _ping_one_round_trip(dbapi_connection: Any, *, timeout: float) -> bool:
+    """Pre-ping with one empty query, answered within `timeout`.
 
     SQLAlchemy's asyncpg ping wraps it in BEGIN/ROLLBACK for PgBouncer's transaction mode: three
     round trips on every checkout. Against PostgreSQL itself one query proves the connection
     alive; a failure is translated as the driver's own ping would, so the pool replaces it.
+    A connection that stays silent is closed and the checkout fails with the timeout (503): a
+    silent route would only make the reconnect hang as well, and the pool reconnects the next
+    time.
     """
+    driver = dbapi_connection.driver_connection
     try:
-        await_(dbapi_connection.driver_connection.fetchrow(";"))
+        await_(driver.fetchrow(";", timeout=_within_deadline(timeout)))
+    except TimeoutError:
+        driver.terminate()
+        raise
     except Exception as error:
         dbapi_connection._handle_exception(error)
     return True
+
+
+# SQLSTATE classes that mean "this connection, or the server, is going away or not there yet":
+# 08 connection exception, 57P01-57P05 admin/crash shutdown, cannot connect now (starting up,
+# recovering), idle-session timeout. asyncpg raises them as plain PostgresErrors, which
+# SQLAlchemy does not count as disconnects, so they would pass for bugs.
+_GOING_AWAY = ("08", "57P")
+
+
+def _server_going_away(context: ExceptionContext) -> None:
+    """Count the server's going-away errors as disconnects: the pool drops the connection, and
+    the error says `connection_invalidated`, which the API answers with 503."""
+    sqlstate = getattr(context.original_exception, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_GOING_AWAY):
+        context.is_disconnect = True
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:

@@ -66,6 +66,11 @@ def pool_metrics(pool: Any) -> Iterator[Any]:
 
 
 def cache_metrics(caches: Iterable[Any]) -> Iterator[Any]:
+    """Hits, misses and entries by cache, and the state of the invalidation listener that keeps
+    them coherent across instances (taken from the registry's bus, when it has one)."""
+    bus = getattr(caches, "bus", None)
+    if bus is not None:
+        yield from listener_metrics(bus)
     hits = CounterMetricFamily("algoways_cache_hits", "Cache hits by cache.", labels=["cache"])
     misses = CounterMetricFamily(
         "algoways_cache_misses", "Cache misses by cache.", labels=["cache"]
@@ -76,3 +81,16 @@ def cache_metrics(caches: Iterable[Any]) -> Iterator[Any]:
         misses.add_metric([cache.name], cache.misses)
         size.add_metric([cache.name], len(cache))
     yield from (hits, misses, size)
+
+
+def listener_metrics(bus: Any) -> Iterator[Any]:
+    yield GaugeMetricFamily(
+        "algoways_invalidation_listener_up",
+        "1 while invalidations from every instance reach this one (caches on), 0 while not.",
+        value=1.0 if bus.connected.is_set() else 0.0,
+    )
+    yield CounterMetricFamily(
+        "algoways_invalidation_listener_failures",
+        "Times the invalidation listener lost its connection or failed to set it up.",
+        value=bus.failures,
+    )

@@ -159,6 +159,7 @@ class TestDatabaseUnavailable:
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = 'algoways-store' AND pid <> pg_backend_pid()"
+                    " AND datname = current_database()"
                 )
             )
         assert killed >= 1

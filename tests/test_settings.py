@@ -171,6 +171,7 @@ class TestSettingsCache:
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE application_name = 'algoways-store-listener'"
+                    " AND datname = current_database()"
                 )
             )
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.migrate import current_revision
@@ -40,11 +41,24 @@ class PoolHealth(BaseModel):
     overflow: int
 
 
+class InvalidationHealth(BaseModel):
+    """The cross-instance invalidation listener (always ok on SQLite: one process, no listener).
+
+    While it is down the instance stays ready: its caches are off and every read goes to the
+    database, so it serves nothing stale, only slower.
+    """
+
+    ok: bool
+    since: datetime = Field(description="When the listener last came up or went down.")
+    error: str | None = None
+
+
 class Ready(BaseModel):
     status: Literal["ok", "unavailable"]
     database: DatabaseHealth
     migrations: MigrationHealth
     pool: PoolHealth
+    invalidation: InvalidationHealth
 
 
 @router.get("/health/live", response_model=Live)
@@ -97,6 +111,9 @@ async def ready(request: Request, response: Response) -> Ready:
             size=int(getattr(pool, "size", lambda: 0)()),
             checked_out=int(getattr(pool, "checkedout", lambda: 0)()),
             overflow=max(int(getattr(pool, "overflow", lambda: 0)()), 0),
+        ),
+        invalidation=InvalidationHealth(
+            ok=state.bus.connected.is_set(), since=state.bus.since, error=state.bus.last_error
         ),
     )
 
