@@ -147,7 +147,7 @@ def _nul_in_target(scope: Scope) -> ValidationFailed | None:
 def _path_parameters_with_nul(scope: Scope) -> list[str]:
     """The names of the path parameters holding the NUL, from the OpenAPI path templates (the
     route is not matched yet); none when no template matches."""
-    app = scope.get("app")
+    app: Any = scope.get("app")
     paths = app.openapi().get("paths", {}) if hasattr(app, "openapi") else {}
     path: str = scope["path"]
     for segment in (r"[^/]*", r".*"):  # a last `{x:path}` parameter may span segments
