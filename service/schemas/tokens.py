@@ -7,7 +7,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from service.schemas.base import InputSchema
-from service.schemas.types import INT64_MAX, NUL_FREE_NOT_BLANK, text
+from service.schemas.types import INT64_LIMIT, NUL_FREE_NOT_BLANK, text
 
 MAX_BATCH = 1000
 KEYS = ("symbol", "token", "brsymbol")
@@ -17,7 +17,7 @@ LOOKUP_LENGTH = 255
 
 def _digits(value: object) -> object:
     # Tokens are numeric strings; a JSON integer for one is taken as its digits.
-    return str(value) if type(value) is int and 0 <= value <= INT64_MAX else value
+    return str(value) if type(value) is int and 0 <= value < INT64_LIMIT else value
 
 
 Token = Annotated[
@@ -33,7 +33,7 @@ Token = Annotated[
                     "maxLength": LOOKUP_LENGTH,
                     "pattern": NUL_FREE_NOT_BLANK,
                 },
-                {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+                {"type": "integer", "minimum": 0, "exclusiveMaximum": INT64_LIMIT},
             ],
             "examples": ["2885"],
         }

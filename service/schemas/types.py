@@ -40,6 +40,9 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, cor
 INT32_MAX = 2**31 - 1
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# What the schema states as `exclusiveMaximum`: FastAPI writes bounds as floats, and 2^63 - 1 as
+# a float is 2^63, so "maximum: 2^63 - 1" would read as admitting 2^63. Both ends are exact.
+INT64_LIMIT = 2**63
 
 # --- text --------------------------------------------------------------------------------------
 
@@ -123,7 +126,7 @@ Milliseconds = Annotated[
     float,
     Field(ge=0, le=MAX_MILLISECONDS, allow_inf_nan=False, description="Milliseconds, 0 to 1e9."),
 ]
-Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, lt=INT64_LIMIT)]
 Int32Id = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 # --- timestamps --------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def _json_value_schema(_: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSche
             },
             {"type": "array", "items": itself},
             {"type": "string", "pattern": NUL_FREE},
-            {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
+            {"type": "number", "minimum": INT64_MIN, "exclusiveMaximum": INT64_LIMIT},
             {"type": "boolean"},
             {"type": "null"},
         ],
