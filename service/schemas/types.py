@@ -211,9 +211,10 @@ class JsonValue:
 json_screened: ContextVar[bool] = ContextVar("json_screened", default=False)
 
 # What must appear in JSON text for a parsed value to break a rule, once every digit is read
-# as 0: a NUL escape, NaN / Infinity, an exponent, or 19 digits in a row (2^63 has 19).
-_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_SUSPECTS = (b"\\u0000", b"NaN", b"Infinity", b"0e", b"0E", b"0" * 19)
+# as 0 and E as e: a NUL escape, NaN / Infinity, an exponent, or 19 digits in a row (2^63 has
+# 19). Each is one memchr-speed scan of the body.
+_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
+_SUSPECTS = (b"\\u0000", b"NaN", b"Infinity", b"0e", b"0" * 19)
 
 
 def json_text_is_clean(raw: bytes) -> bool:
