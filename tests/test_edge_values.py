@@ -60,7 +60,8 @@ def refused(response: httpx.Response, loc: list[Any]) -> dict[str, Any]:
 class TestNul:
     async def test_in_a_body_string(self, client, db):
         response = await client.post(TRAFFIC, json=request_log(path="/api/\x00v1"))
-        refused(response, ["body", "path"])
+        body = refused(response, ["body", "path"])
+        assert body["errors"][0]["msg"] == "must not be blank or contain NUL (\\u0000)"
         assert await count(db, "traffic_logs") == 0
 
     async def test_in_an_item_of_a_batch(self, client, db):

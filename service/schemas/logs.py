@@ -17,6 +17,7 @@ from service.schemas.types import (
     Timestamp,
     json_screened,
     json_text_is_clean,
+    pattern_message,
     text,
 )
 
@@ -93,7 +94,7 @@ def _problem(error: ValidationError) -> AppError:
     errors = [
         {
             "loc": ["body", *item["loc"]],
-            "msg": str(item["msg"]).removeprefix("Value error, "),
+            "msg": pattern_message(item) or str(item["msg"]).removeprefix("Value error, "),
             "type": item["type"],
         }
         for item in details

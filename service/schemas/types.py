@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -166,6 +166,19 @@ Timestamp = Annotated[
     BeforeValidator(_timestamp),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}),
 ]
+
+
+def pattern_message(error: Mapping[str, Any]) -> str | None:
+    """A readable message for a pydantic error of one of the patterns above (the pattern itself
+    is no message for a client); None for any other error."""
+    if error.get("type") != "string_pattern_mismatch":
+        return None
+    return {
+        NUL_FREE: "must not contain NUL (\\u0000)",
+        NUL_FREE_NOT_BLANK: "must not be blank or contain NUL (\\u0000)",
+        TIMESTAMP_PATTERN: f"must be {TIMESTAMP_RULE}",
+    }.get((error.get("ctx") or {}).get("pattern", ""))
+
 
 # --- JSON documents ----------------------------------------------------------------------------
 
