@@ -12,12 +12,15 @@ from service.config import ConfigError, DatabaseSettings, get_settings, load_set
 def _serve() -> None:
     import uvicorn
 
+    from service.server import LimitedHttpToolsProtocol
+
     settings = get_settings()
     uvicorn.run(
         "service.main:app_from_env",
         factory=True,
         host=settings.HOST,
         port=settings.PORT,
+        http=LimitedHttpToolsProtocol,
         log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=30,

@@ -86,6 +86,10 @@ class Settings(DatabaseSettings):
 
     MAX_BODY_BYTES: int = Field(10 * 1024 * 1024, ge=1024)
     MAX_UPLOAD_BYTES: int = Field(512 * 1024 * 1024, ge=1024)
+    # The request line and headers of one request (`python -m service serve`): more is a 431.
+    MAX_HEADER_BYTES: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    # Seconds a client has to send a request line and headers, from its first byte: then 408.
+    HEADER_TIMEOUT: float = Field(10.0, gt=0, le=300)
     # Mounts the benchmark floor endpoints (/bench/*); never set in production.
     BENCH_ENDPOINTS: bool = False
 
@@ -177,7 +181,7 @@ def describe_errors(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_settings(cls: type[DatabaseSettings] | None = None, **overrides: object) -> Any:
+def load_settings(cls: type[DatabaseSettings] | None = None, **overrides: Any) -> Any:
     """Build settings from the environment (and `.env`), raising ConfigError on bad values."""
     try:
         return (cls or Settings)(**overrides)
@@ -187,4 +191,5 @@ def load_settings(cls: type[DatabaseSettings] | None = None, **overrides: object
 
 @lru_cache
 def get_settings() -> Settings:
-    return load_settings()
+    settings: Settings = load_settings()
+    return settings

@@ -1,5 +1,6 @@
 """The ASGI middleware in front of every route: request id, metrics, access log, body limits,
-content type, and service-token authentication (401 before anything else is looked at)."""
+content type, NUL in the path or query, and service-token authentication (401 before anything
+else is looked at)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from service.errors import PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.security import TokenAuthenticator
@@ -96,6 +98,9 @@ class ServiceMiddleware:
         if principal is None:
             return Unauthorized()
         scope["principal"] = principal
+        nul = _nul_in_target(scope)
+        if nul is not None:
+            return nul
         method = scope["method"]
         if method not in _BODY_METHODS:
             return None
@@ -110,6 +115,52 @@ class ServiceMiddleware:
                     f"Expected application/json, got {content_type or 'no content type'}."
                 )
         return None
+
+
+NUL_MESSAGE = "must not contain NUL (\\u0000)"
+
+
+def _nul_in_target(scope: Scope) -> ValidationFailed | None:
+    """A NUL in the path or a query parameter: no database stores it in text.
+
+    Every string parameter's schema pattern refuses NUL already; this is the backstop that keeps
+    one the routes forgot from reaching the database. Cheap: one scan of each, decoded only when
+    a NUL is there.
+    """
+    errors: list[dict[str, Any]] = []
+    if "\x00" in scope["path"]:
+        for name in _path_parameters_with_nul(scope) or [""]:
+            loc = ["path", name] if name else ["path"]
+            errors.append({"loc": loc, "msg": NUL_MESSAGE, "type": "value_error"})
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                loc = ["query", name.replace("\x00", "\\u0000")]
+                errors.append({"loc": loc, "msg": NUL_MESSAGE, "type": "value_error"})
+    if not errors:
+        return None
+    where = ".".join(errors[0]["loc"])
+    return ValidationFailed(f"{where}: {NUL_MESSAGE}", errors=errors)
+
+
+def _path_parameters_with_nul(scope: Scope) -> list[str]:
+    """The names of the path parameters holding the NUL, from the OpenAPI path templates (the
+    route is not matched yet); none when no template matches."""
+    app: Any = scope.get("app")
+    paths = app.openapi().get("paths", {}) if hasattr(app, "openapi") else {}
+    path: str = scope["path"]
+    for segment in (r"[^/]*", r".*"):  # a last `{x:path}` parameter may span segments
+        for template in paths:
+            parts = re.split(r"\{(\w+)\}", template)
+            pattern = "".join(
+                f"(?P<{part}>{segment})" if i % 2 else re.escape(part)
+                for i, part in enumerate(parts)
+            )
+            match = re.fullmatch(pattern, path)
+            if match:
+                return [name for name, value in match.groupdict().items() if "\x00" in value]
+    return []
 
 
 def _route_template(scope: Scope) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from service.errors import ValidationFailed
+from service.schemas.types import INT64_MAX
 
 T = TypeVar("T")
 
@@ -26,7 +27,12 @@ MAX_LIMIT = 1000
 
 LimitParam = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size (max 1000).")]
 CursorParam = Annotated[
-    str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    str | None,
+    Query(
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="`next_cursor` of the previous page.",
+    ),
 ]
 
 
@@ -43,8 +49,13 @@ def encode_cursor(at: datetime, row_id: int) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, row_id = orjson.loads(raw)
-        return datetime.fromisoformat(at), int(row_id)
+        at_text, row_id = orjson.loads(raw)
+        at = datetime.fromisoformat(at_text)
+        # Only what encode_cursor writes: a UTC time and a positive id, which the databases
+        # can compare with (an out-of-range one would fail in the driver, not here).
+        if at.utcoffset() != timedelta(0) or type(row_id) is not int or not 0 < row_id <= INT64_MAX:
+            raise ValueError(cursor)
+        return at, row_id
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise ValidationFailed.field(
             ["query", "cursor"], "is not a cursor this service issued"

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
+from service.schemas.types import IP_SCHEMA, SecretPattern, text
 from service.schemas.users import Username
 
 OrderMode = Literal["auto", "semi_auto"]
 LoginStatus = Literal["success", "failed", "resumed"]
 BrokerTokenState = Literal["active", "revoked", "missing"]
 
-_API_KEY = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+API_KEY_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"
 
 
 def _ip(value: str) -> str:
@@ -29,15 +29,12 @@ def _ip(value: str) -> str:
     return str(mapped or address)
 
 
-def _api_key_chars(value: SecretStr) -> SecretStr:
-    if not _API_KEY.match(value.get_secret_value()):
-        raise ValueError("must be 32-128 characters of A-Z a-z 0-9 _ -")
-    return value
-
-
-IpAddress = Annotated[str, Field(max_length=45), AfterValidator(_ip)]
+IpAddress = Annotated[
+    str, Field(max_length=45), AfterValidator(_ip), WithJsonSchema({**IP_SCHEMA, "maxLength": 45})
+]
 Broker = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
-BrokerSecret = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+# Stored encrypted, so any length the cipher text column holds (8192 base64 characters).
+BrokerSecret = Annotated[SecretStr, Field(min_length=1, max_length=4096), SecretPattern()]
 
 
 # --- broker tokens -----------------------------------------------------------------------------
@@ -49,8 +46,8 @@ class BrokerTokenPut(InputSchema):
     auth_token: BrokerSecret
     feed_token: BrokerSecret | None = None
     broker: Broker
-    user_id: str | None = Field(
-        default=None, max_length=255, description="The client id the broker knows the user by."
+    user_id: str | None = text(
+        255, default=None, description="The client id the broker knows the user by."
     )
     revoked: bool = Field(default=False, description="A revoked token is not stored at all.")
 
@@ -83,9 +80,10 @@ class BrokerTokenSecret(BaseModel):
 
 
 class ApiKeyPut(InputSchema):
-    api_key: Annotated[SecretStr, AfterValidator(_api_key_chars)] | None = Field(
+    api_key: Annotated[SecretStr, SecretPattern(API_KEY_PATTERN)] | None = Field(
         default=None,
-        description="Omit to have one generated (64 hex characters, from `secrets`).",
+        description="32-128 characters of A-Z a-z 0-9 _ -. Omit to have one generated "
+        "(64 hex characters, from `secrets`).",
     )
 
 
@@ -104,7 +102,7 @@ class OrderModeUpdate(InputSchema):
 
 
 class ApiKeyVerify(InputSchema):
-    api_key: Annotated[SecretStr, Field(min_length=1, max_length=256)]
+    api_key: Annotated[SecretStr, Field(min_length=1, max_length=256), SecretPattern()]
     include_auth: bool = False
     include_feed_token: bool = False
 
@@ -126,7 +124,7 @@ class ApiKeyVerification(BaseModel):
 class SessionCreate(InputSchema):
     username: Username
     session_id: str = Field(pattern=r"^[A-Za-z0-9._~-]{8,128}$")
-    device_info: str | None = Field(default=None, max_length=500)
+    device_info: str | None = text(500, default=None)
     ip_address: IpAddress | None = None
     broker: Broker | None = None
 
@@ -142,13 +140,13 @@ class SessionRead(Schema):
 
 
 class LoginAttemptCreate(InputSchema):
-    username: str = Field(min_length=1, max_length=255)
+    username: str = text(255, min_length=1, description="As typed: known or not.")
     ip_address: IpAddress | None = None
-    device_info: str | None = Field(default=None, max_length=500)
+    device_info: str | None = text(500, default=None)
     status: LoginStatus
-    login_type: str | None = Field(default=None, max_length=20)
+    login_type: str | None = text(20, default=None, examples=["password"])
     broker: Broker | None = None
-    failure_reason: str | None = Field(default=None, max_length=255)
+    failure_reason: str | None = text(255, default=None)
 
 
 class LoginAttemptRead(Schema):

@@ -16,9 +16,13 @@ class Schema(BaseModel):
 
 
 class InputSchema(BaseModel):
-    """Base of request bodies: unknown fields are a 422, not silently dropped."""
+    """Base of request bodies: unknown fields are a 422, not silently dropped.
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    Strict: a value of another JSON type than the schema states is a 422 (no "5" for 5, no 0
+    for false), so what the OpenAPI document rejects is never accepted.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
     # PATCH bodies: fields that may be omitted but not set to null.
     not_nullable: ClassVar[frozenset[str]] = frozenset()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from service.schemas.base import Schema
 from service.schemas.logs import LogItem
+from service.schemas.types import JsonDocument, Milliseconds, StoredJson, Timestamp, text
 
 
 def _upper(value: object) -> object:
@@ -16,25 +17,24 @@ def _upper(value: object) -> object:
 
 
 OrderStatus = Annotated[Literal["SUCCESS", "FAILED", "PARTIAL"], BeforeValidator(_upper)]
-Milliseconds = Annotated[float, Field(ge=0)]
 
 
 class LatencyCreate(LogItem):
-    order_id: str = Field(min_length=1, max_length=100)
-    user_id: str | None = Field(default=None, max_length=255)
-    broker: str | None = Field(default=None, max_length=50, examples=["zerodha"])
-    symbol: str | None = Field(default=None, max_length=100)
-    order_type: str | None = Field(default=None, max_length=50, examples=["PLACE"])
+    order_id: str = text(100, min_length=1)
+    user_id: str | None = text(255, default=None)
+    broker: str | None = text(50, default=None, examples=["zerodha"])
+    symbol: str | None = text(100, default=None, examples=["RELIANCE"])
+    order_type: str | None = text(50, default=None, examples=["PLACE"])
     rtt_ms: Milliseconds | None = None
     validation_latency_ms: Milliseconds | None = None
     response_latency_ms: Milliseconds | None = None
     overhead_ms: Milliseconds | None = None
     total_latency_ms: Milliseconds
-    request_body: Any = Field(default=None, description="Any JSON value.")
-    response_body: Any = Field(default=None, description="Any JSON value.")
+    request_body: JsonDocument = None
+    response_body: JsonDocument = None
     status: OrderStatus | None = None
-    error: str | None = Field(default=None, max_length=10_000)
-    timestamp: AwareDatetime | None = Field(default=None, description="Defaults to now.")
+    error: str | None = text(10_000, default=None)
+    timestamp: Timestamp | None = Field(default=None, description="Defaults to now.")
 
 
 class LatencyRead(Schema):
@@ -50,8 +50,8 @@ class LatencyRead(Schema):
     response_latency_ms: float | None
     overhead_ms: float | None
     total_latency_ms: float
-    request_body: Any
-    response_body: Any
+    request_body: StoredJson
+    response_body: StoredJson
     status: str | None
     error: str | None
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, EmailStr, Field, SecretStr
 
 from service.schemas.base import InputSchema
-
-Hostname = Field(default=None, max_length=255)
+from service.schemas.types import SecretPattern, text
 
 
 class SmtpSettings(BaseModel):
@@ -37,15 +38,15 @@ class SettingsRead(BaseModel):
 class SmtpUpdate(InputSchema):
     not_nullable = frozenset({"use_tls"})
 
-    server: str | None = Hostname
+    server: str | None = text(255, default=None, examples=["smtp.example.com"])
     port: int | None = Field(default=None, ge=1, le=65535)
-    username: str | None = Field(default=None, max_length=255)
-    password: SecretStr | None = Field(
-        default=None, max_length=512, description="Stored encrypted; null clears it."
+    username: str | None = text(255, default=None)
+    password: Annotated[SecretStr, Field(max_length=512), SecretPattern()] | None = Field(
+        default=None, description="Stored encrypted; null clears it."
     )
     use_tls: bool | None = None
-    from_email: EmailStr | None = None
-    helo_hostname: str | None = Hostname
+    from_email: Annotated[EmailStr, Field(max_length=255)] | None = None
+    helo_hostname: str | None = text(255, default=None)
 
 
 class SecurityUpdate(InputSchema):

@@ -15,6 +15,7 @@ from pydantic_core import CoreSchema
 
 from service.models.strategies import EXCHANGE_LENGTH, NAME_LENGTH, SYMBOL_LENGTH
 from service.schemas.base import InputSchema, Schema
+from service.schemas.types import INT32_MAX, text
 
 MAX_BATCH = 1000
 
@@ -30,11 +31,11 @@ Time = Annotated[
         examples=["09:15"],
     ),
 ]
-Name = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH)]
-Symbol = Annotated[str, Field(min_length=1, max_length=SYMBOL_LENGTH, examples=["RELIANCE"])]
-Exchange = Annotated[str, Field(min_length=1, max_length=EXCHANGE_LENGTH, examples=["NSE"])]
+Name = Annotated[str, text(NAME_LENGTH, min_length=1)]
+Symbol = Annotated[str, text(SYMBOL_LENGTH, min_length=1, examples=["RELIANCE"])]
+Exchange = Annotated[str, text(EXCHANGE_LENGTH, min_length=1, examples=["NSE"])]
 # Integer columns are 32-bit on PostgreSQL.
-Quantity = Annotated[int, Field(gt=0, le=2**31 - 1)]
+Quantity = Annotated[int, Field(gt=0, le=INT32_MAX)]
 
 TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from service.schemas.base import InputSchema
+from service.schemas.types import INT64_LIMIT, NUL_FREE_NOT_BLANK, text
 
 MAX_BATCH = 1000
 KEYS = ("symbol", "token", "brsymbol")
+# Longer than any symbol, token or exchange of a broker's master contract.
+LOOKUP_LENGTH = 255
+
+
+def _digits(value: object) -> object:
+    # Tokens are numeric strings; a JSON integer for one is taken as its digits.
+    return str(value) if type(value) is int and 0 <= value < INT64_LIMIT else value
+
+
+Token = Annotated[
+    str,
+    BeforeValidator(_digits),
+    text(LOOKUP_LENGTH, min_length=1),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": LOOKUP_LENGTH,
+                    "pattern": NUL_FREE_NOT_BLANK,
+                },
+                {"type": "integer", "minimum": 0, "exclusiveMaximum": INT64_LIMIT},
+            ],
+            "examples": ["2885"],
+        }
+    ),
+]
 
 
 class TokenMapping(BaseModel):
@@ -26,13 +55,10 @@ class TokenMapping(BaseModel):
 class TokenQuery(InputSchema):
     """Exactly one of symbol, token or brsymbol, with the exchange."""
 
-    # Tokens are numeric strings; a JSON number for one is taken as its digits.
-    model_config = ConfigDict(coerce_numbers_to_str=True)
-
-    symbol: str | None = Field(default=None, min_length=1)
-    token: str | None = Field(default=None, min_length=1)
-    brsymbol: str | None = Field(default=None, min_length=1)
-    exchange: str = Field(min_length=1)
+    symbol: str | None = text(LOOKUP_LENGTH, min_length=1, default=None)
+    token: Token | None = None
+    brsymbol: str | None = text(LOOKUP_LENGTH, min_length=1, default=None)
+    exchange: str = text(LOOKUP_LENGTH, min_length=1)
 
     @model_validator(mode="after")
     def _exactly_one_key(self) -> Self:

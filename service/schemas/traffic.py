@@ -7,10 +7,11 @@ import socket
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
 from service.schemas.logs import LogItem
+from service.schemas.types import IP_SCHEMA, Milliseconds, Timestamp, text
 
 
 def normalize_ip(value: str) -> str:
@@ -37,8 +38,9 @@ def normalize_ip(value: str) -> str:
 
 IPAddress = Annotated[
     str,
-    Field(min_length=2, max_length=64, examples=["203.0.113.7", "2001:db8::1"]),
+    Field(min_length=2, max_length=64),
     AfterValidator(normalize_ip),
+    WithJsonSchema({**IP_SCHEMA, "minLength": 2, "maxLength": 64}),
 ]
 
 
@@ -47,13 +49,13 @@ class TrafficLogCreate(LogItem):
     method: Annotated[str, AfterValidator(str.upper)] = Field(
         min_length=1, max_length=10, pattern=r"^[A-Za-z]+$", examples=["GET"]
     )
-    path: str = Field(min_length=1, max_length=2048, examples=["/api/v1/placeorder"])
+    path: str = text(2048, min_length=1, examples=["/api/v1/placeorder"])
     status_code: int = Field(ge=100, le=599)
-    duration_ms: float = Field(ge=0)
-    host: str | None = Field(default=None, max_length=255)
-    error: str | None = Field(default=None, max_length=10_000)
-    user_id: str | None = Field(default=None, max_length=255)
-    timestamp: AwareDatetime | None = Field(default=None, description="Defaults to now.")
+    duration_ms: Milliseconds
+    host: str | None = text(255, default=None, examples=["algoways.example.com"])
+    error: str | None = text(10_000, default=None)
+    user_id: str | None = text(255, default=None)
+    timestamp: Timestamp | None = Field(default=None, description="Defaults to now.")
 
 
 class TrafficLogRead(Schema):
@@ -87,7 +89,7 @@ class TrafficStats(BaseModel):
 
 class BanCreate(InputSchema):
     ip_address: IPAddress
-    reason: str | None = Field(default=None, max_length=255)
+    reason: str | None = text(255, default=None)
     duration_hours: int | None = Field(
         default=None, ge=0, le=87_600, description="Default 24; 0 bans permanently."
     )
@@ -114,15 +116,15 @@ class BanStatus(BaseModel):
 
 class NotFoundEvent(InputSchema):
     ip_address: IPAddress
-    path: str = Field(min_length=1, max_length=2048)
+    path: str = text(2048, min_length=1)
 
 
 class InvalidApiKeyEvent(InputSchema):
     ip_address: IPAddress
     # Short enough that a whole API key (64 hex characters) can never be stored as one.
-    api_key_fingerprint: str = Field(
+    api_key_fingerprint: str = text(
+        32,
         min_length=1,
-        max_length=32,
         description="A short digest of the key tried (e.g. 16 hex chars of its SHA-256).",
     )
 

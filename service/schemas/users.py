@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, EmailStr, Field, SecretStr
 
 from service.schemas.base import InputSchema, Schema
+from service.schemas.types import SecretPattern
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,80}$"
 
@@ -22,7 +23,7 @@ Username = Annotated[
 ]
 # Lower-cased so that one address cannot register twice in another case.
 Email = Annotated[EmailStr, Field(max_length=254), AfterValidator(str.lower)]
-NewPassword = Annotated[SecretStr, Field(min_length=8, max_length=1024)]
+NewPassword = Annotated[SecretStr, Field(min_length=8, max_length=1024), SecretPattern()]
 
 
 class UserCreate(InputSchema):
@@ -70,7 +71,7 @@ class PasswordChange(InputSchema):
 
 class PasswordCheck(InputSchema):
     # No minimum: a short guess is simply wrong, and saying so leaks nothing.
-    password: Annotated[SecretStr, Field(max_length=1024)]
+    password: Annotated[SecretStr, Field(max_length=1024), SecretPattern()]
 
 
 class Validity(BaseModel):

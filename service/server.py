@@ -1,0 +1,167 @@
+"""The HTTP protocol `python -m service serve` runs: uvicorn's httptools protocol plus the two
+limits uvicorn lacks, enforced before a request reaches the app.
+
+- Request line and headers over MAX_HEADER_BYTES: 431 (problem+json), connection closed.
+  httptools buffers a header line whole before handing it over, so the raw bytes of an
+  unfinished head are bounded too (2 x the limit plus one read), which caps memory per client.
+- A head not complete within HEADER_TIMEOUT seconds of its first byte (or of the connection
+  opening, or of bytes arriving while no request runs): 408 if part of a request came, and the
+  connection closed. A client trickling a byte a second holds a socket for that long, no more.
+
+Only the httptools protocol (uvicorn's default when httptools is installed) is extended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from service.config import get_settings
+from service.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+
+# Bytes of a header line beyond name and value: ": " and CRLF.
+_HEADER_FRAMING = 4
+
+
+def _problem(status: int, reason: str, type_: str, detail: str) -> bytes:
+    body = orjson.dumps(
+        {"type": PROBLEM_TYPE_BASE + type_, "title": reason, "status": status, "detail": detail}
+    )
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        f"content-type: {PROBLEM_CONTENT_TYPE}\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class HeaderLimitError(Exception):
+    """Raised inside a parser callback to stop parsing a head that grew past the limit."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with a request-head size limit and a request-head deadline.
+
+    The limits come from the service settings (MAX_HEADER_BYTES, HEADER_TIMEOUT), read once per
+    connection from the cached settings; every worker process reads the same environment.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = get_settings()
+        self.max_header_bytes: int = settings.MAX_HEADER_BYTES
+        self.header_timeout: float = settings.HEADER_TIMEOUT
+        self._head_bytes = 0  # of the current head, counted as the parser hands it over
+        self._raw_head_bytes = 0  # received while the current head is unfinished
+        self._reading_head = False
+        self._head_too_large = False
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    # --- the deadline ---------------------------------------------------------------------------
+
+    def _arm_head_deadline(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        self.logger.info("request head not complete within %g s: closing", self.header_timeout)
+        if self._reading_head:
+            self.transport.write(
+                _problem(
+                    408,
+                    "Request Timeout",
+                    "request-timeout",
+                    f"The request line and headers took longer than {self.header_timeout:g} s.",
+                )
+            )
+        self.transport.close()
+
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    # --- protocol interface ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle() and not self.transport.is_closing():
+            # Bytes with no request running: the start of the next head (or stray CRLFs).
+            self._arm_head_deadline()
+        super().data_received(data)
+        if self._reading_head and not self.transport.is_closing():
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > 2 * self.max_header_bytes + 65536:
+                self._head_too_large = True
+                self.send_400_response("")  # answers 431: see below
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._head_too_large:
+            super().send_400_response(msg)
+            return
+        self._disarm_head_deadline()
+        self.logger.info("request head over %d bytes: 431", self.max_header_bytes)
+        self.transport.write(
+            _problem(
+                431,
+                "Request Header Fields Too Large",
+                "request-header-fields-too-large",
+                f"The request line and headers exceed {self.max_header_bytes} bytes.",
+            )
+        )
+        self.transport.close()
+
+    # --- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._raw_head_bytes = 0
+        self._reading_head = True
+        self._arm_head_deadline()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_header_bytes:
+            self._head_too_large = True
+            # Stops the parser: httptools re-raises it as an HttpParserError, which uvicorn
+            # answers through send_400_response, a 431 here.
+            raise HeaderLimitError
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + _HEADER_FRAMING)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._disarm_head_deadline()
+        super().on_headers_complete()
