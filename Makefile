@@ -29,7 +29,10 @@ format: $(DEPS)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint test-sqlite test-postgres  ## lint, then the whole suite on SQLite and on PostgreSQL
+test: lint typecheck test-sqlite test-postgres  ## lint, types, then the suite on SQLite and on PostgreSQL
+
+typecheck: $(DEPS)
+	$(PY) -m mypy --strict service
 
 test-sqlite: $(DEPS)
 	env -u TEST_DATABASE_URL $(PY) -m pytest -q -p no:cacheprovider
