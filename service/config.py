@@ -87,8 +87,6 @@ class Settings(DatabaseSettings):
     MAX_HEADER_BYTES: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     # Seconds a client has to send a request line and headers, from its first byte: then 408.
     HEADER_TIMEOUT: float = Field(10.0, gt=0, le=300)
-    # Mounts the benchmark floor endpoints (/bench/*); never set in production.
-    BENCH_ENDPOINTS: bool = False
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
