@@ -22,6 +22,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from service.retry import ask_for_replay
+from service.schemas.types import pattern_message
 
 logger = logging.getLogger("service.errors")
 
@@ -413,7 +414,10 @@ def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
         out.append(
             {
                 "loc": [p if isinstance(p, int) else str(p) for p in item.get("loc", ())],
-                "msg": str(item.get("msg", "invalid")).removeprefix("Value error, "),
+                # The service's own patterns (NUL-free text, timestamps) are no message for a
+                # client; pydantic's text quotes them.
+                "msg": pattern_message(item)
+                or str(item.get("msg", "invalid")).removeprefix("Value error, "),
                 "type": str(item.get("type", "value_error")),
             }
         )
