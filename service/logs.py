@@ -42,10 +42,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload, default=str).decode()
 
 
+ACCESS_LOGGER = "service.access"
+
+
 class _Enqueue(QueueHandler):
-    """Hands each record to the writer thread as it is: formatting and the write happen there,
-    off the event loop (an access line per request would otherwise cost a fifth of a
-    memory-served request). The request id is read here, in the request's own context."""
+    """Hands each access record to the writer thread as it is: formatting and the write happen
+    there, off the event loop (an access line per request would otherwise cost a fifth of a
+    memory-served request). Every other record (start-up, shutdown, warnings: rare) is written
+    at once, so none is lost when the process ends by a signal. The request id is read here, in
+    the request's own context."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord], direct: logging.Handler):
+        super().__init__(records)
+        self._direct = direct
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == ACCESS_LOGGER:
+            super().emit(record)
+        else:
+            self._direct.handle(record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
@@ -60,8 +75,9 @@ class _Writer(QueueListener):
 
 
 def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> QueueListener:
-    """Route every log record (the service's and uvicorn's) through one queue to one writer
-    thread. Returns the running listener; its `stop()` writes what is queued and ends it."""
+    """Route every log record (the service's and uvicorn's) to one stream: access lines through a
+    writer thread, the rest directly. Returns the running writer; its `stop()` writes what is
+    queued and ends it."""
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -70,7 +86,7 @@ def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> Qu
             logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
         )
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    enqueue = _Enqueue(records)
+    enqueue = _Enqueue(records, handler)
     enqueue.addFilter(_RequestIdFilter())
     listener = _Writer(records, handler)
     listener.start()
