@@ -88,3 +88,10 @@ def page(
     rows = rows[:limit]
     last = rows[-1]
     return rows, encode_cursor(getattr(last, at_field), getattr(last, id_field))
+
+
+# The one bound of the lists that are not keyset pages (users, sessions, strategies, bans): they
+# answer at most this many items, in their documented order.
+ListLimitParam = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description="At most this many items (max 1000).")
+]

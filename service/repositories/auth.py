@@ -129,8 +129,14 @@ async def create_session(session: AsyncSession, data: SessionCreate) -> UserSess
     return row
 
 
-async def list_sessions(session: AsyncSession, username: str | None) -> list[UserSession]:
-    query = select(UserSession).order_by(UserSession.last_seen.desc(), UserSession.id.desc())
+async def list_sessions(
+    session: AsyncSession, username: str | None, *, limit: int
+) -> list[UserSession]:
+    query = (
+        select(UserSession)
+        .order_by(UserSession.last_seen.desc(), UserSession.id.desc())
+        .limit(limit)
+    )
     if username is not None:
         query = query.where(UserSession.username == username)
     return list(await session.scalars(query))

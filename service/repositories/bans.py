@@ -129,8 +129,8 @@ async def delete_ban(session: AsyncSession, ip: str) -> None:
     await invalidate(session, TOPIC, ip)
 
 
-async def list_bans(session: AsyncSession, *, include_expired: bool) -> list[IPBan]:
-    query = select(IPBan).order_by(IPBan.banned_at.desc(), IPBan.id.desc())
+async def list_bans(session: AsyncSession, *, include_expired: bool, limit: int) -> list[IPBan]:
+    query = select(IPBan).order_by(IPBan.banned_at.desc(), IPBan.id.desc()).limit(limit)
     if not include_expired:
         query = query.where(or_(IPBan.is_permanent, IPBan.expires_at > utcnow()))
     return list((await session.scalars(query)).all())

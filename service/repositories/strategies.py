@@ -130,6 +130,7 @@ async def list_strategies(
     *,
     user_id: str | None = None,
     is_active: bool | None = None,
+    limit: int,
 ) -> Sequence[AnyStrategy]:
     """Strategies with their symbols, in creation order: two statements, however many rows."""
     query = select(kind.strategy).options(selectinload(kind.strategy.symbols))
@@ -137,7 +138,7 @@ async def list_strategies(
         query = query.where(kind.strategy.user_id == user_id)
     if is_active is not None:
         query = query.where(kind.strategy.is_active == is_active)
-    rows = (await session.scalars(query.order_by(kind.strategy.id))).all()
+    rows = (await session.scalars(query.order_by(kind.strategy.id).limit(limit))).all()
     return cast(Sequence[AnyStrategy], rows)
 
 

@@ -35,9 +35,9 @@ async def require_user(session: AsyncSession, username: str) -> None:
 
 
 async def list_users(
-    session: AsyncSession, *, is_admin: bool | None = None, email: str | None = None
+    session: AsyncSession, *, is_admin: bool | None = None, email: str | None = None, limit: int
 ) -> list[User]:
-    query = select(User).order_by(User.username)
+    query = select(User).order_by(User.username).limit(limit)
     if is_admin is not None:
         query = query.where(User.is_admin == is_admin)
     if email is not None:

@@ -11,7 +11,14 @@ from service import accounts
 from service.db import SessionDep
 from service.errors import Forbidden, problems
 from service.models.auth import ApiKey, BrokerToken
-from service.pagination import DEFAULT_LIMIT, CursorPage, CursorParam, LimitParam
+from service.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    CursorPage,
+    CursorParam,
+    LimitParam,
+    ListLimitParam,
+)
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import auth as auth_repo
 from service.routers.base import domain_router
@@ -214,9 +221,10 @@ async def create_session(body: SessionCreate, session: SessionDep) -> SessionRea
 async def list_sessions(
     session: SessionDep,
     username: Annotated[str | None, Query(max_length=80, description="Only this user's.")] = None,
+    limit: ListLimitParam = MAX_LIMIT,
 ) -> Items[SessionRead]:
-    """List sessions, most recently seen first."""
-    rows = await auth_repo.list_sessions(session, username)
+    """List sessions, most recently seen first (at most `limit`)."""
+    rows = await auth_repo.list_sessions(session, username, limit=limit)
     return Items(items=[SessionRead.model_validate(r) for r in rows])
 
 

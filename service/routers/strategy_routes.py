@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from service.db import SessionDep
 from service.errors import problems
+from service.pagination import MAX_LIMIT, ListLimitParam
 from service.repositories import strategies as strategies_repo
 from service.repositories.strategies import StrategyKind
 from service.routers.base import domain_router
@@ -39,10 +40,12 @@ def make_router(kind: StrategyKind, webhooks: Callable[[Runtime], WebhookLookup]
         session: SessionDep,
         user_id: Annotated[str | None, Query(max_length=255)] = None,
         is_active: bool | None = None,
+        limit: ListLimitParam = MAX_LIMIT,
     ) -> Any:
-        """List strategies with their symbols, by user and active flag."""
+        """List strategies with their symbols, by user and active flag, in creation order (at
+        most `limit`)."""
         items = await strategies_repo.list_strategies(
-            session, kind, user_id=user_id, is_active=is_active
+            session, kind, user_id=user_id, is_active=is_active, limit=limit
         )
         return {"items": items}
 

@@ -10,7 +10,14 @@ from sqlalchemy import Table
 from service.db import SessionDep
 from service.errors import problems
 from service.models.traffic import TrafficLog
-from service.pagination import DEFAULT_LIMIT, CursorPage, CursorParam, LimitParam
+from service.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    CursorPage,
+    CursorParam,
+    LimitParam,
+    ListLimitParam,
+)
 from service.repositories import bans as bans_repo
 from service.repositories import logs as logs_repo
 from service.repositories import traffic as traffic_repo
@@ -117,9 +124,12 @@ async def list_bans(
     include_expired: Annotated[
         bool, Query(alias="all", description="Include expired bans.")
     ] = False,
+    limit: ListLimitParam = MAX_LIMIT,
 ) -> dict[str, Any]:
-    """List active bans, newest first (expired ones too with `all=true`)."""
-    return {"items": await bans_repo.list_bans(session, include_expired=include_expired)}
+    """List active bans, newest first (expired ones too with `all=true`; at most `limit`)."""
+    return {
+        "items": await bans_repo.list_bans(session, include_expired=include_expired, limit=limit)
+    }
 
 
 @router.get("/bans/{ip}", response_model=BanStatus)

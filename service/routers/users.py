@@ -9,6 +9,7 @@ from fastapi import Query, status
 from service import accounts
 from service.db import SessionDep
 from service.errors import problems
+from service.pagination import MAX_LIMIT, ListLimitParam
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import users as users_repo
 from service.routers.base import domain_router
@@ -47,9 +48,10 @@ async def list_users(
     session: SessionDep,
     is_admin: Annotated[bool | None, Query(description="Only admins, or only non-admins.")] = None,
     email: Annotated[str | None, Query(max_length=254, description="Exact email.")] = None,
+    limit: ListLimitParam = MAX_LIMIT,
 ) -> Items[UserRead]:
-    """List users, by username."""
-    users = await users_repo.list_users(session, is_admin=is_admin, email=email)
+    """List users, by username (at most `limit`)."""
+    users = await users_repo.list_users(session, is_admin=is_admin, email=email, limit=limit)
     return Items(items=[UserRead.model_validate(u) for u in users])
 
 
