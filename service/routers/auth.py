@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Query, status
@@ -34,6 +33,7 @@ from service.schemas.auth import (
     SessionRead,
 )
 from service.schemas.base import Deleted, Items
+from service.schemas.types import Timestamp
 from service.security import SECRETS, PrincipalDep
 from service.state import StateDep, VerifierDep
 
@@ -284,7 +284,7 @@ async def list_login_attempts(
 async def delete_login_attempts(
     session: SessionDep,
     before: Annotated[
-        datetime | None, Query(description="Only attempts older than this; all when omitted.")
+        Timestamp | None, Query(description="Only attempts older than this; all when omitted.")
     ] = None,
 ) -> Deleted:
     """Delete login attempts."""

@@ -15,7 +15,7 @@ from pydantic_core import CoreSchema
 
 from service.models.strategies import EXCHANGE_LENGTH, NAME_LENGTH, SYMBOL_LENGTH
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import INT32_MAX, text
+from service.schemas.types import INT32_MAX, INTEGRAL, text
 
 MAX_BATCH = 1000
 
@@ -35,7 +35,7 @@ Name = Annotated[str, text(NAME_LENGTH, min_length=1)]
 Symbol = Annotated[str, text(SYMBOL_LENGTH, min_length=1, examples=["RELIANCE"])]
 Exchange = Annotated[str, text(EXCHANGE_LENGTH, min_length=1, examples=["NSE"])]
 # Integer columns are 32-bit on PostgreSQL.
-Quantity = Annotated[int, Field(gt=0, le=INT32_MAX)]
+Quantity = Annotated[int, Field(gt=0, le=INT32_MAX), INTEGRAL]
 
 TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 
