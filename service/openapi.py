@@ -126,6 +126,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 if path.startswith(API_PREFIX):
                     operation["security"] = [{"serviceToken": []}]
                 _complete_responses(path, method, operation, allow, examples)
+        _exactly_one_lookup_key(schema)
         add_links(schema)
         app.openapi_schema = schema
     return app.openapi_schema
@@ -225,6 +226,45 @@ def _problem_examples() -> dict[int, dict[str, Any]]:
 
 def _example(status: int, type_: str, title: str, detail: str) -> dict[str, Any]:
     return {"type": PROBLEM_TYPE_BASE + type_, "title": title, "status": status, "detail": detail}
+
+
+# --- one of several query parameters ------------------------------------------------------------
+
+LOOKUP_KEYS = ("symbol", "token", "brsymbol")
+
+
+def _exactly_one_lookup_key(schema: dict[str, Any]) -> None:
+    """GET /tokens/lookup takes exactly one of symbol, token or brsymbol (422 otherwise).
+
+    Three optional parameters cannot say "exactly one"; one object-typed query parameter, written
+    as its properties (`style: form, explode: true`, so `?symbol=…&exchange=…` on the wire
+    as before), can: one property, named from the three.
+    """
+    operation = _operation(schema.get("paths", {}), f"GET {API_PREFIX}/tokens/lookup")
+    if operation is None:
+        return
+    params = operation.get("parameters", [])
+    keys = {p["name"]: p for p in params if p.get("in") == "query" and p["name"] in LOOKUP_KEYS}
+    if set(keys) != set(LOOKUP_KEYS):
+        return
+    value = {"type": "string", "pattern": "^[^\\x00]*$"}
+    lookup = {
+        "name": "lookup",
+        "in": "query",
+        "required": True,
+        "style": "form",
+        "explode": True,
+        "description": "Exactly one of `symbol`, `token` or `brsymbol`, as its own query "
+        "parameter: `?symbol=NIFTY28NOV2424000CE&exchange=NFO`.",
+        "schema": {
+            "type": "object",
+            "properties": dict.fromkeys(LOOKUP_KEYS, value),
+            "propertyNames": {"enum": list(LOOKUP_KEYS)},
+            "minProperties": 1,
+            "maxProperties": 1,
+        },
+    }
+    operation["parameters"] = [p for p in params if p["name"] not in LOOKUP_KEYS] + [lookup]
 
 
 # --- links -------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Query, status
+from starlette.convertors import Convertor, register_url_convertor
 
 from service import accounts
 from service.db import SessionDep
@@ -41,6 +41,7 @@ from service.schemas.auth import (
     SessionRead,
 )
 from service.schemas.base import Deleted, Items
+from service.schemas.types import Timestamp
 from service.security import SECRETS, PrincipalDep
 from service.state import StateDep, VerifierDep
 
@@ -114,6 +115,22 @@ async def revoke_broker_token(name: str, session: SessionDep) -> BrokerTokenRead
 # --- API keys ----------------------------------------------------------------------------------
 
 
+class ApiKeyOwner(Convertor[str]):
+    """A `{user_id}` of the API-key routes: any path segment but `verify`, which is the route that
+    verifies a key. So /api-keys/verify is that route alone, and its 405 names only POST."""
+
+    regex = "(?!verify(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("api_key_owner", ApiKeyOwner())
+
+
 @router.post(
     "/api-keys/verify",
     response_model=ApiKeyVerification,
@@ -152,7 +169,7 @@ async def verify_api_key(
 
 
 @router.put(
-    "/api-keys/{user_id}",
+    "/api-keys/{user_id:api_key_owner}",
     response_model=ApiKeyRead,
     responses=problems(400, 404, 409, 415),
     **SECRETS,  # type: ignore[arg-type]
@@ -173,7 +190,7 @@ async def put_api_key(
 
 
 @router.get(
-    "/api-keys/{user_id}",
+    "/api-keys/{user_id:api_key_owner}",
     response_model=ApiKeyRead,
     responses=problems(404, 409),
     **SECRETS,  # type: ignore[arg-type]
@@ -185,7 +202,9 @@ async def get_api_key(user_id: str, session: SessionDep, state: StateDep) -> Api
 
 
 @router.delete(
-    "/api-keys/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404)
+    "/api-keys/{user_id:api_key_owner}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(404),
 )
 async def delete_api_key(user_id: str, session: SessionDep) -> None:
     """Delete a user's API key; it stops verifying at once."""
@@ -193,7 +212,7 @@ async def delete_api_key(user_id: str, session: SessionDep) -> None:
 
 
 @router.put(
-    "/api-keys/{user_id}/order-mode",
+    "/api-keys/{user_id:api_key_owner}/order-mode",
     response_model=ApiKeyInfo,
     responses=problems(400, 404, 415),
 )
@@ -292,7 +311,7 @@ async def list_login_attempts(
 async def delete_login_attempts(
     session: SessionDep,
     before: Annotated[
-        datetime | None, Query(description="Only attempts older than this; all when omitted.")
+        Timestamp | None, Query(description="Only attempts older than this; all when omitted.")
     ] = None,
 ) -> Deleted:
     """Delete login attempts."""

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import IP_SCHEMA, SecretPattern, text
+from service.schemas.types import IP_SCHEMA, SecretText, text
 from service.schemas.users import Username
 
 OrderMode = Literal["auto", "semi_auto"]
@@ -34,7 +34,7 @@ IpAddress = Annotated[
 ]
 Broker = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 # Stored encrypted, so any length the cipher text column holds (8192 base64 characters).
-BrokerSecret = Annotated[SecretStr, Field(min_length=1, max_length=4096), SecretPattern()]
+BrokerSecret = Annotated[SecretStr, SecretText(min_length=1, max_length=4096)]
 
 
 # --- broker tokens -----------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class BrokerTokenSecret(BaseModel):
 
 
 class ApiKeyPut(InputSchema):
-    api_key: Annotated[SecretStr, SecretPattern(API_KEY_PATTERN)] | None = Field(
+    api_key: Annotated[SecretStr, SecretText(pattern=API_KEY_PATTERN)] | None = Field(
         default=None,
         description="32-128 characters of A-Z a-z 0-9 _ -. Omit to have one generated "
         "(64 hex characters, from `secrets`).",
@@ -102,7 +102,7 @@ class OrderModeUpdate(InputSchema):
 
 
 class ApiKeyVerify(InputSchema):
-    api_key: Annotated[SecretStr, Field(min_length=1, max_length=256), SecretPattern()]
+    api_key: Annotated[SecretStr, SecretText(min_length=1, max_length=256)]
     include_auth: bool = False
     include_feed_token: bool = False
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 T = TypeVar("T")
 
@@ -33,6 +35,25 @@ class InputSchema(BaseModel):
             if getattr(self, name) is None:
                 raise ValueError(f"{name} may be omitted but not null")
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema of a `not_nullable` field is its value's alone: no null branch, and no
+        `default: null` (omitting the field is how to leave it unchanged)."""
+        schema = handler(core_schema)
+        properties = handler.resolve_ref_schema(schema).get("properties", {})
+        for name in cls.not_nullable:
+            field = cls.model_fields[name]
+            prop: dict[str, Any] = properties[field.alias or name]
+            branches = [b for b in prop.pop("anyOf", []) if b != {"type": "null"}]
+            prop.pop("default", None)
+            if len(branches) == 1:
+                prop.update(branches[0])
+            elif branches:
+                prop["anyOf"] = branches
+        return schema
 
 
 class Items(BaseModel, Generic[T]):

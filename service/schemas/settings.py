@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, EmailStr, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from service.schemas.base import InputSchema
-from service.schemas.types import SecretPattern, text
+from service.schemas.types import INTEGRAL, EmailAddress, SecretText, text
 
 
 class SmtpSettings(BaseModel):
@@ -39,13 +39,13 @@ class SmtpUpdate(InputSchema):
     not_nullable = frozenset({"use_tls"})
 
     server: str | None = text(255, default=None, examples=["smtp.example.com"])
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Annotated[int, Field(ge=1, le=65535), INTEGRAL] | None = None
     username: str | None = text(255, default=None)
-    password: Annotated[SecretStr, Field(max_length=512), SecretPattern()] | None = Field(
+    password: Annotated[SecretStr, SecretText(max_length=512)] | None = Field(
         default=None, description="Stored encrypted; null clears it."
     )
     use_tls: bool | None = None
-    from_email: Annotated[EmailStr, Field(max_length=255)] | None = None
+    from_email: EmailAddress | None = None
     helo_hostname: str | None = text(255, default=None)
 
 
@@ -53,13 +53,13 @@ class SecurityUpdate(InputSchema):
     not_nullable = frozenset(SecuritySettings.model_fields)
 
     auto_ban_enabled: bool | None = None
-    threshold_404: int | None = Field(default=None, ge=1, le=1_000_000)
-    ban_duration_404_h: int | None = Field(
-        default=None, ge=0, le=87_600, description="Hours; 0 bans permanently."
+    threshold_404: Annotated[int, Field(ge=1, le=1_000_000), INTEGRAL] | None = None
+    ban_duration_404_h: Annotated[int, Field(ge=0, le=87_600), INTEGRAL] | None = Field(
+        default=None, description="Hours; 0 bans permanently."
     )
-    threshold_invalid_api_key: int | None = Field(default=None, ge=1, le=1_000_000)
-    ban_duration_invalid_api_key_h: int | None = Field(default=None, ge=0, le=87_600)
-    repeat_offender_limit: int | None = Field(default=None, ge=1, le=1000)
+    threshold_invalid_api_key: Annotated[int, Field(ge=1, le=1_000_000), INTEGRAL] | None = None
+    ban_duration_invalid_api_key_h: Annotated[int, Field(ge=0, le=87_600), INTEGRAL] | None = None
+    repeat_offender_limit: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | None = None
 
 
 class SettingsUpdate(InputSchema):

@@ -15,7 +15,7 @@ from pydantic_core import CoreSchema
 
 from service.models.strategies import EXCHANGE_LENGTH, NAME_LENGTH, SYMBOL_LENGTH
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import INT32_MAX, text
+from service.schemas.types import INT32_MAX, INTEGRAL, text
 
 MAX_BATCH = 1000
 
@@ -27,15 +27,17 @@ Time = Annotated[
     str,
     Field(
         pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
-        description="HH:MM, 00:00 to 23:59.",
-        examples=["09:15"],
+        description="HH:MM, 00:00 to 23:59. An intraday strategy needs all three times, with "
+        "start_time < end_time <= squareoff_time.",
     ),
 ]
+# One example per field, consistent with the ordering the description states.
+TIME_EXAMPLES = {"start_time": "09:15", "end_time": "15:00", "squareoff_time": "15:15"}
 Name = Annotated[str, text(NAME_LENGTH, min_length=1)]
 Symbol = Annotated[str, text(SYMBOL_LENGTH, min_length=1, examples=["RELIANCE"])]
 Exchange = Annotated[str, text(EXCHANGE_LENGTH, min_length=1, examples=["NSE"])]
 # Integer columns are 32-bit on PostgreSQL.
-Quantity = Annotated[int, Field(gt=0, le=INT32_MAX)]
+Quantity = Annotated[int, Field(gt=0, le=INT32_MAX), INTEGRAL]
 
 TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 
@@ -50,9 +52,9 @@ class ChartinkStrategyCreate(InputSchema):
     user_id: Name
     is_active: bool = True
     is_intraday: bool = True
-    start_time: Time | None = None
-    end_time: Time | None = None
-    squareoff_time: Time | None = None
+    start_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["start_time"]])
+    end_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["end_time"]])
+    squareoff_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["squareoff_time"]])
 
 
 class StrategyCreate(ChartinkStrategyCreate):
@@ -68,9 +70,9 @@ class ChartinkStrategyUpdate(InputSchema):
     name: Name | None = None
     is_active: bool | None = None
     is_intraday: bool | None = None
-    start_time: Time | None = None
-    end_time: Time | None = None
-    squareoff_time: Time | None = None
+    start_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["start_time"]])
+    end_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["end_time"]])
+    squareoff_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["squareoff_time"]])
 
 
 class StrategyUpdate(ChartinkStrategyUpdate):

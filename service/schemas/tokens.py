@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
-from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from service.schemas.base import InputSchema
 from service.schemas.types import INT64_LIMIT, NUL_FREE_NOT_BLANK, text
@@ -16,7 +16,10 @@ LOOKUP_LENGTH = 255
 
 
 def _digits(value: object) -> object:
-    # Tokens are numeric strings; a JSON integer for one is taken as its digits.
+    # Tokens are numeric strings; a JSON integer for one (2885, or 2885.0: JSON Schema's integer)
+    # is taken as its digits.
+    if type(value) is float and value.is_integer():
+        value = int(value)
     return str(value) if type(value) is int and 0 <= value < INT64_LIMIT else value
 
 
@@ -54,6 +57,10 @@ class TokenMapping(BaseModel):
 
 class TokenQuery(InputSchema):
     """Exactly one of symbol, token or brsymbol, with the exchange."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": [k]} for k in KEYS]})
+    # Absent is "not this key"; null would be a second way to say it that the oneOf counts.
+    not_nullable = frozenset(KEYS)
 
     symbol: str | None = text(LOOKUP_LENGTH, min_length=1, default=None)
     token: Token | None = None

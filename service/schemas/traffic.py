@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
 from service.schemas.logs import LogItem
-from service.schemas.types import IP_SCHEMA, Milliseconds, Timestamp, text
+from service.schemas.types import INTEGRAL, IP_SCHEMA, Milliseconds, Timestamp, text
 
 
 def normalize_ip(value: str) -> str:
@@ -50,7 +50,7 @@ class TrafficLogCreate(LogItem):
         min_length=1, max_length=10, pattern=r"^[A-Za-z]+$", examples=["GET"]
     )
     path: str = text(2048, min_length=1, examples=["/api/v1/placeorder"])
-    status_code: int = Field(ge=100, le=599)
+    status_code: Annotated[int, Field(ge=100, le=599), INTEGRAL]
     duration_ms: Milliseconds
     host: str | None = text(255, default=None, examples=["algoways.example.com"])
     error: str | None = text(10_000, default=None)
@@ -90,8 +90,8 @@ class TrafficStats(BaseModel):
 class BanCreate(InputSchema):
     ip_address: IPAddress
     reason: str | None = text(255, default=None)
-    duration_hours: int | None = Field(
-        default=None, ge=0, le=87_600, description="Default 24; 0 bans permanently."
+    duration_hours: Annotated[int, Field(ge=0, le=87_600), INTEGRAL] | None = Field(
+        default=None, description="Default 24; 0 bans permanently."
     )
     permanent: bool = False
     force: bool = Field(

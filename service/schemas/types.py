@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import email_validator
 from fastapi import Path, Query
 from pydantic import (
     AfterValidator,
@@ -31,6 +32,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    SecretStr,
     ValidationError,
     WithJsonSchema,
 )
@@ -71,33 +73,33 @@ def text(max_length: int, *, min_length: int = 0, **field: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class SecretPattern:
-    """A `pattern` for a SecretStr (pydantic applies none to it): checked on the plain text,
-    and stated in the schema."""
+class SecretText:
+    """A SecretStr body field, checked on its text exactly as sent: never stripped (a password or
+    key with surrounding spaces is that password or key), NUL-free or `pattern`, and within the
+    lengths, all stated in the schema. Replaces SecretStr's own schema, so no `Field` length
+    constraint goes next to it."""
 
+    max_length: int | None = None
+    min_length: int | None = None
     pattern: str = NUL_FREE
 
     def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
+        self, _source: Any, _handler: GetCoreSchemaHandler
     ) -> CoreSchema:
-        regex = re.compile(self.pattern)
-        pattern = self.pattern
-
-        def check(value: object) -> object:
-            if isinstance(value, str) and not regex.match(value):
-                raise PydanticCustomError(
-                    "string_pattern_mismatch",
-                    "String should match pattern '{pattern}'",
-                    {"pattern": pattern},
-                )
-            return value
-
-        return core_schema.no_info_before_validator_function(check, handler(source))
+        return core_schema.no_info_after_validator_function(
+            SecretStr,
+            core_schema.str_schema(
+                min_length=self.min_length,
+                max_length=self.max_length,
+                pattern=self.pattern,
+                strip_whitespace=False,
+            ),
+        )
 
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        return {**handler(schema), "pattern": self.pattern}
+        return {**handler(schema), "format": "password", "writeOnly": True}
 
 
 def query_text(max_length: int, *, min_length: int = 0, **query: Any) -> Any:
@@ -126,8 +128,19 @@ Milliseconds = Annotated[
     float,
     Field(ge=0, le=MAX_MILLISECONDS, allow_inf_nan=False, description="Milliseconds, 0 to 1e9."),
 ]
-Int64 = Annotated[int, Field(ge=INT64_MIN, lt=INT64_LIMIT)]
-Int32Id = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's `integer` is any number without a fraction, so 5.0 is one; strict parsing
+    # alone would refuse it. Anything else goes to the strict int check as it came.
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# Last in a body integer's Annotated, after its bounds (so they stay `minimum`/`maximum` in the
+# schema): `Annotated[int, Field(ge=1), INTEGRAL]` takes 5 or 5.0, never "5" or true.
+INTEGRAL = BeforeValidator(_integral)
+Int64 = Annotated[int, Field(ge=INT64_MIN, lt=INT64_LIMIT), INTEGRAL]
+Int32Id = Annotated[int, Field(ge=1, le=INT32_MAX), INTEGRAL]
 
 # --- timestamps --------------------------------------------------------------------------------
 
@@ -275,3 +288,44 @@ def _json_document(value: Any) -> Any:
 # Input: every rule checked. Output: the same schema, no check (see JsonValue).
 JsonDocument = Annotated[Any, JsonValue, AfterValidator(_json_document)]
 StoredJson = Annotated[Any, JsonValue]
+
+
+# --- email addresses ---------------------------------------------------------------------------
+
+EMAIL_RULE = (
+    "An email address, checked for syntax only (the domain is not looked up, and a dotless or "
+    "`.test` domain is fine); domains under .arpa, .invalid, .local, .localhost and .onion are "
+    "refused. Stored lower-cased."
+)
+
+
+def _email(value: str) -> str:
+    # Syntax only: the service stores addresses, it does not mail them, and tests and private
+    # deployments use addresses no public DNS knows.
+    try:
+        checked = email_validator.validate_email(
+            value, check_deliverability=False, test_environment=True, globally_deliverable=False
+        )
+    except email_validator.EmailNotValidError as error:
+        raise PydanticCustomError(
+            "value_error", "value is not a valid email address: {reason}", {"reason": str(error)}
+        ) from None
+    return checked.normalized.lower()
+
+
+# 254: the longest address SMTP carries (RFC 5321 with RFC 3696's erratum).
+EMAIL_MAX_LENGTH = 254
+EmailAddress = Annotated[
+    str,
+    Field(max_length=EMAIL_MAX_LENGTH),
+    AfterValidator(_email),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "email",
+            "maxLength": EMAIL_MAX_LENGTH,
+            "pattern": NUL_FREE,  # the syntax check refuses NUL as any other control character
+            "description": EMAIL_RULE,
+        }
+    ),
+]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, EmailStr, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import SecretPattern
+from service.schemas.types import EmailAddress, SecretText
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,80}$"
 
@@ -22,8 +22,8 @@ Username = Annotated[
     ),
 ]
 # Lower-cased so that one address cannot register twice in another case.
-Email = Annotated[EmailStr, Field(max_length=254), AfterValidator(str.lower)]
-NewPassword = Annotated[SecretStr, Field(min_length=8, max_length=1024), SecretPattern()]
+Email = EmailAddress
+NewPassword = Annotated[SecretStr, SecretText(min_length=8, max_length=1024)]
 
 
 class UserCreate(InputSchema):
@@ -71,7 +71,7 @@ class PasswordChange(InputSchema):
 
 class PasswordCheck(InputSchema):
     # No minimum: a short guess is simply wrong, and saying so leaks nothing.
-    password: Annotated[SecretStr, Field(max_length=1024), SecretPattern()]
+    password: Annotated[SecretStr, SecretText(max_length=1024)]
 
 
 class Validity(BaseModel):

@@ -270,11 +270,18 @@ def _schemathesis(base_url: str, args: argparse.Namespace, report_dir: Path) -> 
         # Run from the report directory: schemathesis keeps its crash cache (for `st replay <id>`)
         # in .schemathesis/ under its working directory, which belongs with this run's reports.
         return subprocess.run(
-            command, cwd=report_dir, timeout=args.seconds + GRACE_SECONDS
+            command, cwd=report_dir, env=_schemathesis_env(), timeout=args.seconds + GRACE_SECONDS
         ).returncode
     except subprocess.TimeoutExpired:
         print(f"schemathesis did not finish within {args.seconds + GRACE_SECONDS} s")
         return 124
+
+
+def _schemathesis_env() -> dict[str, str]:
+    """The hooks that teach the generator the rules the descriptions state (tests/fuzz/hooks.py),
+    importable from the report directory schemathesis runs in."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks"}
 
 
 if __name__ == "__main__":

@@ -176,3 +176,13 @@ class TestDeclarationsMatchAnswers:
         response = await client.request("PATCH", "/health/live")
         assert_problem(response, 405, "method-not-allowed")
         assert response.headers["allow"] == "GET"
+
+
+async def test_api_key_verify_path_is_the_verify_route_alone(client, document) -> None:
+    # `verify` is not a user_id of the API-key routes, so the path has POST only and says so.
+    methods = set(document["paths"]["/api/v1/auth/api-keys/verify"])
+    assert methods == {"post"}
+    response = await client.get("/api/v1/auth/api-keys/verify")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert "/api/v1/auth/api-keys/{user_id}" in document["paths"]
