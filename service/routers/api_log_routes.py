@@ -5,7 +5,7 @@
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 
 from service.db import SessionDep
 from service.errors import problems
@@ -26,6 +26,7 @@ from service.schemas.logs import (
     SinceParam,
     UntilParam,
 )
+from service.schemas.types import query_text
 from service.state import StateDep, WritersDep
 
 
@@ -57,7 +58,7 @@ def api_log_router(
     @router.get("", response_model=CursorPage[ApiLogRead], name=f"list_{name}")
     async def list_logs(
         session: SessionDep,
-        api_type: Annotated[str | None, Query(max_length=50)] = None,
+        api_type: Annotated[str | None, query_text(50)] = None,
         since: SinceParam = None,
         until: UntilParam = None,
         limit: LimitParam = DEFAULT_LIMIT,

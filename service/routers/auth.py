@@ -41,9 +41,13 @@ from service.schemas.auth import (
     SessionRead,
 )
 from service.schemas.base import Deleted, Items
-from service.schemas.types import Timestamp
+from service.schemas.types import Timestamp, path_text, query_text
 from service.security import SECRETS, PrincipalDep
 from service.state import StateDep, VerifierDep
+
+# Path segments naming a user or a session: NUL-free, as long as their columns allow.
+Username = Annotated[str, path_text(80)]
+SessionId = Annotated[str, path_text(128)]
 
 router = domain_router("/auth", "auth")
 
@@ -73,7 +77,7 @@ def _key_read(row: ApiKey, plaintext: str) -> ApiKeyRead:
     responses=problems(400, 404, 415),
 )
 async def put_broker_token(
-    name: str, body: BrokerTokenPut, session: SessionDep, state: StateDep
+    name: Username, body: BrokerTokenPut, session: SessionDep, state: StateDep
 ) -> BrokerTokenWritten:
     """Store the broker token of user `name` (encrypted); a full replacement of the earlier one."""
     row, changed = await auth_repo.put_broker_token(session, state.keyring, name, body)
@@ -81,7 +85,7 @@ async def put_broker_token(
 
 
 @router.get("/broker-tokens/{name}", response_model=BrokerTokenRead, responses=problems(404))
-async def get_broker_token(name: str, session: SessionDep) -> BrokerTokenRead:
+async def get_broker_token(name: Username, session: SessionDep) -> BrokerTokenRead:
     """Read the metadata of a user's broker token, never the tokens."""
     return BrokerTokenRead(**_metadata(await auth_repo.get_broker_token(session, name)))
 
@@ -92,7 +96,9 @@ async def get_broker_token(name: str, session: SessionDep) -> BrokerTokenRead:
     responses=problems(404, 409),
     **SECRETS,  # type: ignore[arg-type]
 )
-async def get_broker_secret(name: str, session: SessionDep, state: StateDep) -> BrokerTokenSecret:
+async def get_broker_secret(
+    name: Username, session: SessionDep, state: StateDep
+) -> BrokerTokenSecret:
     """Read a user's broker tokens in plaintext; 404 when missing or revoked."""
     row, auth_token, feed_token = await auth_repo.get_broker_secret(session, state.keyring, name)
     return BrokerTokenSecret(
@@ -107,7 +113,7 @@ async def get_broker_secret(name: str, session: SessionDep, state: StateDep) -> 
 @router.post(
     "/broker-tokens/{name}/revoke", response_model=BrokerTokenRead, responses=problems(404)
 )
-async def revoke_broker_token(name: str, session: SessionDep) -> BrokerTokenRead:
+async def revoke_broker_token(name: Username, session: SessionDep) -> BrokerTokenRead:
     """Revoke a user's broker token; the tokens themselves are erased."""
     return BrokerTokenRead(**_metadata(await auth_repo.revoke_broker_token(session, name)))
 
@@ -175,7 +181,7 @@ async def verify_api_key(
     **SECRETS,  # type: ignore[arg-type]
 )
 async def put_api_key(
-    user_id: str, body: ApiKeyPut, session: SessionDep, state: StateDep
+    user_id: Username, body: ApiKeyPut, session: SessionDep, state: StateDep
 ) -> ApiKeyRead:
     """Set a user's API key (generated when omitted); the earlier key stops verifying at once.
 
@@ -195,7 +201,7 @@ async def put_api_key(
     responses=problems(404, 409),
     **SECRETS,  # type: ignore[arg-type]
 )
-async def get_api_key(user_id: str, session: SessionDep, state: StateDep) -> ApiKeyRead:
+async def get_api_key(user_id: Username, session: SessionDep, state: StateDep) -> ApiKeyRead:
     """Read a user's API key in plaintext."""
     row, plaintext = await api_keys_repo.get_api_key(session, state.keyring, user_id)
     return _key_read(row, plaintext)
@@ -206,7 +212,7 @@ async def get_api_key(user_id: str, session: SessionDep, state: StateDep) -> Api
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(404),
 )
-async def delete_api_key(user_id: str, session: SessionDep) -> None:
+async def delete_api_key(user_id: Username, session: SessionDep) -> None:
     """Delete a user's API key; it stops verifying at once."""
     await api_keys_repo.delete_api_key(session, user_id)
 
@@ -216,7 +222,9 @@ async def delete_api_key(user_id: str, session: SessionDep) -> None:
     response_model=ApiKeyInfo,
     responses=problems(400, 404, 415),
 )
-async def set_order_mode(user_id: str, body: OrderModeUpdate, session: SessionDep) -> ApiKeyInfo:
+async def set_order_mode(
+    user_id: Username, body: OrderModeUpdate, session: SessionDep
+) -> ApiKeyInfo:
     """Set the order mode of a user's API key."""
     row = await api_keys_repo.set_order_mode(session, user_id, body.order_mode)
     return ApiKeyInfo.model_validate(row, from_attributes=True)
@@ -239,7 +247,7 @@ async def create_session(body: SessionCreate, session: SessionDep) -> SessionRea
 @router.get("/sessions", response_model=Items[SessionRead])
 async def list_sessions(
     session: SessionDep,
-    username: Annotated[str | None, Query(max_length=80, description="Only this user's.")] = None,
+    username: Annotated[str | None, query_text(80, description="Only this user's.")] = None,
     limit: ListLimitParam = MAX_LIMIT,
 ) -> Items[SessionRead]:
     """List sessions, most recently seen first (at most `limit`)."""
@@ -252,7 +260,7 @@ async def list_sessions(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(404),
 )
-async def touch_session(session_id: str, session: SessionDep) -> None:
+async def touch_session(session_id: SessionId, session: SessionDep) -> None:
     """Mark a session as seen now."""
     await auth_repo.touch_session(session, session_id)
 
@@ -260,7 +268,7 @@ async def touch_session(session_id: str, session: SessionDep) -> None:
 @router.delete(
     "/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404)
 )
-async def delete_session(session_id: str, session: SessionDep) -> None:
+async def delete_session(session_id: SessionId, session: SessionDep) -> None:
     """End one session."""
     await auth_repo.delete_session(session, session_id)
 
@@ -268,7 +276,7 @@ async def delete_session(session_id: str, session: SessionDep) -> None:
 @router.delete("/sessions", response_model=Deleted)
 async def delete_user_sessions(
     session: SessionDep,
-    username: Annotated[str, Query(max_length=80, description="Whose sessions to end.")],
+    username: Annotated[str, query_text(80, description="Whose sessions to end.")],
 ) -> Deleted:
     """End every session of a user."""
     return Deleted(deleted=await auth_repo.delete_user_sessions(session, username))
@@ -294,7 +302,7 @@ async def list_login_attempts(
     status_: Annotated[
         LoginStatus | None, Query(alias="status", description="Only attempts with this outcome.")
     ] = None,
-    username: Annotated[str | None, Query(max_length=255)] = None,
+    username: Annotated[str | None, query_text(255)] = None,
     limit: LimitParam = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> CursorPage[LoginAttemptRead]:

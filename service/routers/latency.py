@@ -17,6 +17,7 @@ from service.routers.base import domain_router
 from service.schemas.base import Deleted
 from service.schemas.latency import LatencyCreate, LatencyRead, LatencyStats, OrderStatus
 from service.schemas.logs import Batch, BeforeParam, Count, SinceParam, UntilParam
+from service.schemas.types import query_text
 from service.state import StateDep, WritersDep
 
 router = domain_router("/latency", "latency")
@@ -24,7 +25,7 @@ router = domain_router("/latency", "latency")
 _table = cast(Table, OrderLatency.__table__)
 _batch = Batch(LatencyCreate)
 
-Broker = Annotated[str | None, Query(max_length=50)]
+Broker = Annotated[str | None, query_text(50)]
 
 
 @router.post(

@@ -7,7 +7,7 @@ mappings, built from one `StrategyKind`."""
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 
 from service.db import SessionDep
 from service.errors import problems
@@ -18,12 +18,13 @@ from service.routers.base import domain_router
 from service.runtime import Runtime
 from service.runtime.webhooks import WebhookLookup
 from service.schemas.base import Items
+from service.schemas.types import path_text, query_text
 from service.state import RuntimeDep
 
 # Ids are 32-bit on PostgreSQL; a larger one cannot exist, and must not reach the driver.
 StrategyId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 MappingId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-WebhookId = Annotated[str, Path(max_length=36)]
+WebhookId = Annotated[str, path_text(36)]
 
 
 def make_router(kind: StrategyKind, webhooks: Callable[[Runtime], WebhookLookup]) -> APIRouter:
@@ -38,7 +39,7 @@ def make_router(kind: StrategyKind, webhooks: Callable[[Runtime], WebhookLookup]
     @router.get("", response_model=Items[kind.detail])  # type: ignore[name-defined]
     async def list_strategies(
         session: SessionDep,
-        user_id: Annotated[str | None, Query(max_length=255)] = None,
+        user_id: Annotated[str | None, query_text(255)] = None,
         is_active: bool | None = None,
         limit: ListLimitParam = MAX_LIMIT,
     ) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import Query, Response
+from fastapi import Response
 
 from service.errors import NotFound, PayloadTooLarge, ValidationFailed, problems
 from service.routers.base import domain_router
@@ -17,6 +17,7 @@ from service.schemas.tokens import (
     TokenLookupResults,
     TokenMapping,
 )
+from service.schemas.types import query_text
 from service.state import IndexDep
 
 router = domain_router("/tokens", "tokens")
@@ -25,10 +26,10 @@ router = domain_router("/tokens", "tokens")
 @router.get("/lookup", response_model=TokenMapping, responses=problems(404))
 async def lookup_token(
     index: IndexDep,
-    exchange: Annotated[str, Query(min_length=1, examples=["NFO"])],
-    symbol: Annotated[str | None, Query(examples=["NIFTY28NOV2424000CE"])] = None,
-    token: str | None = None,
-    brsymbol: str | None = None,
+    exchange: Annotated[str, query_text(255, min_length=1, examples=["NFO"])],
+    symbol: Annotated[str | None, query_text(255, examples=["NIFTY28NOV2424000CE"])] = None,
+    token: Annotated[str | None, query_text(255)] = None,
+    brsymbol: Annotated[str | None, query_text(255)] = None,
 ) -> Response:
     """Resolve exactly one of symbol, token or brsymbol on an exchange."""
     given = [k for k, v in zip(KEYS, (symbol, token, brsymbol), strict=True) if v is not None]

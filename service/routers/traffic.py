@@ -38,6 +38,7 @@ from service.schemas.traffic import (
     TrafficLogRead,
     TrafficStats,
 )
+from service.schemas.types import query_text
 from service.state import BansDep, StateDep, WritersDep
 
 router = domain_router("/traffic", "traffic")
@@ -66,7 +67,7 @@ async def list_traffic_logs(
     session: SessionDep,
     client_ip: Annotated[IPAddress | None, Query()] = None,
     status_code: Annotated[int | None, Query(ge=100, le=599)] = None,
-    path_prefix: Annotated[str | None, Query(max_length=2048)] = None,
+    path_prefix: Annotated[str | None, query_text(2048)] = None,
     since: SinceParam = None,
     until: UntilParam = None,
     limit: LimitParam = DEFAULT_LIMIT,

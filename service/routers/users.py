@@ -14,6 +14,7 @@ from service.repositories import api_keys as api_keys_repo
 from service.repositories import users as users_repo
 from service.routers.base import domain_router
 from service.schemas.base import Items
+from service.schemas.types import path_text, query_text
 from service.schemas.users import (
     PasswordChange,
     PasswordCheck,
@@ -26,6 +27,9 @@ from service.schemas.users import (
 )
 from service.security import SECRETS
 from service.state import StateDep
+
+# A username in a path: NUL-free, as long as the column allows.
+Username = Annotated[str, path_text(80)]
 
 router = domain_router("/users", "users")
 
@@ -47,7 +51,7 @@ async def create_user(body: UserCreate, session: SessionDep, state: StateDep) ->
 async def list_users(
     session: SessionDep,
     is_admin: Annotated[bool | None, Query(description="Only admins, or only non-admins.")] = None,
-    email: Annotated[str | None, Query(max_length=254, description="Exact email.")] = None,
+    email: Annotated[str | None, query_text(254, description="Exact email.")] = None,
     limit: ListLimitParam = MAX_LIMIT,
 ) -> Items[UserRead]:
     """List users, by username (at most `limit`)."""
@@ -56,13 +60,13 @@ async def list_users(
 
 
 @router.get("/{username}", response_model=UserRead, responses=problems(404))
-async def get_user(username: str, session: SessionDep) -> UserRead:
+async def get_user(username: Username, session: SessionDep) -> UserRead:
     """Read one user."""
     return UserRead.model_validate(await users_repo.get_user(session, username))
 
 
 @router.patch("/{username}", response_model=UserRead, responses=problems(400, 404, 409, 415))
-async def update_user(username: str, body: UserUpdate, session: SessionDep) -> UserRead:
+async def update_user(username: Username, body: UserUpdate, session: SessionDep) -> UserRead:
     """Change a user's email, admin flag or TOTP settings."""
     return UserRead.model_validate(await users_repo.update_user(session, username, body))
 
@@ -73,7 +77,7 @@ async def update_user(username: str, body: UserUpdate, session: SessionDep) -> U
     responses=problems(400, 404, 415),
 )
 async def set_password(
-    username: str, body: PasswordChange, session: SessionDep, state: StateDep
+    username: Username, body: PasswordChange, session: SessionDep, state: StateDep
 ) -> None:
     """Set a user's password."""
     password_hash = await accounts.hash_secret(state.keyring, body.password.get_secret_value())
@@ -81,7 +85,7 @@ async def set_password(
 
 
 @router.post("/{username}/verify-password", response_model=Validity, responses=problems(400, 415))
-async def verify_password(username: str, body: PasswordCheck, state: StateDep) -> Validity:
+async def verify_password(username: Username, body: PasswordCheck, state: StateDep) -> Validity:
     """Check a password; an unknown user is `{"valid": false}`, in the same time class."""
     valid = await accounts.verify_password(
         state.sessionmaker, state.keyring, username, body.password.get_secret_value()
@@ -95,7 +99,7 @@ async def verify_password(username: str, body: PasswordCheck, state: StateDep) -
     responses=problems(404, 409),
     **SECRETS,  # type: ignore[arg-type]
 )
-async def get_totp(username: str, session: SessionDep, state: StateDep) -> TotpSecret:
+async def get_totp(username: Username, session: SessionDep, state: StateDep) -> TotpSecret:
     """Read a user's TOTP secret and its provisioning URI (issuer AlgoWays)."""
     secret, uri = await users_repo.get_totp(session, state.keyring, username)
     return TotpSecret(secret=secret, provisioning_uri=uri)
@@ -107,14 +111,14 @@ async def get_totp(username: str, session: SessionDep, state: StateDep) -> TotpS
     responses=problems(400, 404, 409, 415),
 )
 async def verify_totp(
-    username: str, body: TotpCode, session: SessionDep, state: StateDep
+    username: Username, body: TotpCode, session: SessionDep, state: StateDep
 ) -> Validity:
     """Check a TOTP code (±1 step); a code once accepted is never accepted again."""
     return Validity(valid=await users_repo.verify_totp(session, state.keyring, username, body.code))
 
 
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
-async def delete_user(username: str, session: SessionDep) -> None:
+async def delete_user(username: Username, session: SessionDep) -> None:
     """Delete a user with its API key, broker token and sessions."""
     await api_keys_repo.invalidate_user(session, username)
     await users_repo.delete_user(session, username)
