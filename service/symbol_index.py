@@ -74,6 +74,12 @@ _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _MONTHS = {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}  # fmt: skip
 _EXPIRY = re.compile(r"([0-9]{2})-([A-Z]{3})-([0-9]{2}|[0-9]{4})")
 
+OPTION_TYPES = frozenset({"CE", "PE"})
+FUTURE_TYPES = frozenset({"FUT", "PERPFUT"})
+_TYPE_GROUPS = {"OPTIONS": OPTION_TYPES, "FUTURES": FUTURE_TYPES}
+_UNDATED = -1  # the browse rank of a row without expiry (spot, perpetual): before dated ones
+_UNPARSABLE = 1 << 30  # and of an expiry that is not a date: after every date
+
 
 def fold(text: str) -> str:
     """Case-fold for search: ASCII letters only, exactly like SQLite's upper() and PostgreSQL's
@@ -103,6 +109,15 @@ def parse_expiry(text: str) -> date | None:
         return None
 
 
+def instrument_types(value: str | None) -> frozenset[str] | None:
+    """The instrument types a filter value stands for: `options` (CE, PE), `futures` (FUT,
+    PERPFUT), or the one type named (case-folded); None for no filter."""
+    if value is None:
+        return None
+    folded = fold(value)
+    return _TYPE_GROUPS.get(folded, frozenset({folded}))
+
+
 def _expiry_key(text: str) -> tuple[int, date | None, str]:
     parsed = parse_expiry(text)
     return (0, parsed, text) if parsed is not None else (1, None, text)
@@ -113,11 +128,19 @@ class SymbolIndex:
 
     __slots__ = (
         "_block_pos",
+        "_browse",
+        "_chains",
         "_exchange_masks",
         "_expiries",
+        "_expiry_rank",
+        "_folded_names",
+        "_groups",
         "_masks",
+        "_sorted_folded",
+        "_sorted_names",
         "_starts",
         "_text",
+        "_underlyings",
         "_unfolded",
         "brexchange",
         "brsymbol",
@@ -157,8 +180,18 @@ class SymbolIndex:
     by_token: dict[str, dict[str, int]]
     by_brsymbol: dict[str, dict[str, int]]
     counts: dict[str, int]
-    # {name: {(exchange, instrumenttype, expiry), ...}} for the expiry lists
-    _expiries: dict[str | None, set[tuple[str, str | None, str]]]
+    # {name: {(exchange, instrumenttype, expiry), ...}} for the expiry and underlying lists
+    _expiries: dict[str | None, set[tuple[str, str | None, str | None]]]
+    # Derivatives by underlying: {name: {exchange: row ids in rank order}}; every row is in one.
+    _groups: dict[str | None, dict[str, list[int]]]
+    _folded_names: dict[str, list[str]]  # folded name -> the names spelt so
+    _expiry_rank: dict[str, int]  # expiry -> its date's ordinal (_UNPARSABLE if not a date)
+    # Filled in on first use, once per snapshot:
+    _sorted_names: list[str | None] | None  # every name, sorted (rows without one last)
+    _sorted_folded: list[str] | None  # every folded name, sorted (for prefix ranges)
+    _browse: dict[tuple[str | None, str | None], list[int]]  # (name, exchange) -> browse order
+    _chains: dict[tuple[str, str], dict[str, list[int]]]  # (exchange, folded underlying) -> ...
+    _underlyings: dict[tuple[str | None, bool, date], list[str]]
     _text: str
     _starts: array[int]  # _starts[i]: where row i's text begins; _starts[size]: the end
     _block_pos: list[int]  # text position of each block's first row, then the end
@@ -207,26 +240,136 @@ class SymbolIndex:
             table, key = self.by_brsymbol.get(exchange), brsymbol or ""
         return table.get(key) if table is not None else None
 
-    # --- expiries -------------------------------------------------------------------------------
+    # --- derivatives ----------------------------------------------------------------------------
+
+    def names_for(self, underlying: str) -> list[str]:
+        """The names spelt like `underlying` but for case."""
+        return self._folded_names.get(fold(underlying), [])
+
+    def expiry_date(self, expiry: str) -> date | None:
+        rank = self._expiry_rank.get(expiry)
+        return date.fromordinal(rank) if rank is not None and rank != _UNPARSABLE else None
+
+    def blocks_of(self, exchange: str) -> list[int]:
+        """The search blocks (of 1 << BLOCK_SHIFT rows) holding rows of `exchange`."""
+        return _bits(self._exchange_masks.get(exchange, 0))
+
+    def _live(self, expiry: str | None, today: date) -> bool:
+        """Whether an instrument of `expiry` still trades on `today` (undated ones always do;
+        an expiry that is not a date is kept rather than guessed expired)."""
+        if expiry is None:
+            return True
+        rank = self._expiry_rank.get(expiry, _UNPARSABLE)
+        return rank >= today.toordinal()
 
     def expiries(
-        self, *, name: str | None, exchange: str | None, instrumenttype: str | None
+        self,
+        *,
+        name: str | None,
+        exchange: str | None,
+        types: frozenset[str] | None,
+        today: date | None = None,
     ) -> list[str]:
-        """Distinct expiries matching the filters, in date order (unparsable ones last)."""
-        if name is not None:
-            groups: Iterable[set[tuple[str, str | None, str]]] = (
-                [self._expiries[name]] if name in self._expiries else []
-            )
-        else:
-            groups = self._expiries.values()
+        """Distinct expiries matching the filters, in date order (unparsable ones last); with
+        `today`, only those that have not expired by then."""
+        names = self.names_for(name) if name is not None else self._expiries
         found = {
             expiry
-            for group in groups
-            for ex, itype, expiry in group
-            if (exchange is None or ex == exchange)
-            and (instrumenttype is None or itype == instrumenttype)
+            for each in names
+            for ex, itype, expiry in self._expiries.get(each, ())
+            if expiry is not None
+            and (exchange is None or ex == exchange)
+            and (types is None or itype in types)
         }
+        if today is not None:
+            found = {expiry for expiry in found if self._live(expiry, today)}
         return sorted(found, key=_expiry_key)
+
+    def underlyings(self, *, exchange: str | None, include_futures: bool, today: date) -> list[str]:
+        """Names with options on `exchange` (any exchange when None), and with `include_futures`
+        also those with a future that has not expired by `today`; sorted."""
+        key = (exchange, include_futures, today)
+        cached = self._underlyings.get(key)
+        if cached is not None:
+            return cached
+        found = []
+        for name, group in self._expiries.items():
+            if name is None:
+                continue
+            for ex, itype, expiry in group:
+                if exchange is not None and ex != exchange:
+                    continue
+                if itype in OPTION_TYPES or (
+                    include_futures and itype in FUTURE_TYPES and self._live(expiry, today)
+                ):
+                    found.append(name)
+                    break
+        found.sort()
+        if len(self._underlyings) >= 64:  # one entry per day and filter: a handful in practice
+            self._underlyings.clear()
+        self._underlyings[key] = found
+        return found
+
+    def option_chains(self, exchange: str, underlying: str) -> dict[str, list[int]]:
+        """{expiry: option row ids sorted by strike, then CE before PE} for one underlying on
+        one exchange; built on first use and kept for the snapshot's life."""
+        key = (exchange, fold(underlying))
+        chains = self._chains.get(key)
+        if chains is None:
+            chains = {}
+            for name in self.names_for(underlying):
+                for i in self._groups[name].get(exchange, ()):
+                    expiry = self.expiry[i]
+                    if expiry is not None and self.instrumenttype[i] in OPTION_TYPES:
+                        chains.setdefault(expiry, []).append(i)
+            strikes, types = self.strike, self.instrumenttype
+            for ids in chains.values():
+                ids.sort(key=lambda i: (strikes[i], types[i]))
+            self._chains[key] = chains
+        return chains
+
+    def _browse_order(self, name: str | None, exchange: str | None) -> list[int]:
+        """The rows of one name (on one exchange, or all), by expiry date, strike, instrument
+        type, then symbol and exchange."""
+        key = (name, exchange)
+        order = self._browse.get(key)
+        if order is None:
+            groups = self._groups.get(name, {})
+            if exchange is not None:
+                ids: Iterable[int] = groups.get(exchange, ())
+            else:
+                ids = itertools.chain.from_iterable(groups.values())
+            ranks, expiries, strikes = self._expiry_rank, self.expiry, self.strike
+            types, symbols, exchanges = self.instrumenttype, self.symbol, self.exchange
+
+            def browse_key(i: int) -> tuple[int, float, str, str, str]:
+                expiry, strike = expiries[i], strikes[i]
+                return (
+                    _UNDATED if expiry is None else ranks.get(expiry, _UNPARSABLE),
+                    -1.0 if strike is None else strike,
+                    types[i] or "",
+                    symbols[i],
+                    exchanges[i],
+                )
+
+            order = self._browse[key] = sorted(ids, key=browse_key)
+        return order
+
+    def _names_sorted(self) -> list[str | None]:
+        if self._sorted_names is None:
+            named = sorted(n for n in self._groups if n is not None)
+            self._sorted_names = [*named, None] if None in self._groups else [*named]
+        return self._sorted_names
+
+    def _folded_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Folded names that start with `prefix`, in order."""
+        if self._sorted_folded is None:
+            self._sorted_folded = sorted(self._folded_names)
+        names = self._sorted_folded
+        for k in range(bisect_left(names, prefix), len(names)):
+            if not names[k].startswith(prefix):
+                break
+            yield names[k]
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -235,41 +378,137 @@ class SymbolIndex:
         terms: Sequence[str],
         *,
         exchange: str | None = None,
-        instrumenttype: str | None = None,
+        types: frozenset[str] | None = None,
         expiry: str | None = None,
+        underlying: str | None = None,
+        strike_min: float | None = None,
+        strike_max: float | None = None,
         limit: int = 50,
     ) -> list[int]:
-        """Row ids of the best `limit` matches: rows whose symbol equals the query first, then in
-        rank order. Every (case-folded) term must be a substring of the symbol, broker symbol,
-        name or token, or equal the strike when it is a number."""
+        """Row ids of the best `limit` matches of the terms and filters.
+
+        Every (case-folded) term must be a substring of the symbol, broker symbol, name or token,
+        or equal the strike when it is a number. With terms, the rows whose symbol is the query
+        come first, then those whose underlying (name) is the first term, then those whose
+        underlying starts with it, then those whose symbol does, then the rest; each group in
+        rank order. Without terms, rows come by underlying, expiry date, strike and instrument
+        type (what an option-chain or basket screen lists)."""
         if self.size == 0 or limit <= 0:
             return []
         numbers = [numeric_term(t) for t in terms]
+        names = set(self.names_for(underlying)) if underlying is not None else None
+        if names is not None and not names:
+            return []
+        strikes = self.strike
 
         def accept(i: int) -> bool:
             if exchange is not None and self.exchange[i] != exchange:
                 return False
-            if instrumenttype is not None and self.instrumenttype[i] != instrumenttype:
+            if types is not None and self.instrumenttype[i] not in types:
                 return False
             if expiry is not None and self.expiry[i] != expiry:
                 return False
+            if names is not None and self.name[i] not in names:
+                return False
+            if strike_min is not None or strike_max is not None:
+                strike = strikes[i]
+                if strike is None:
+                    return False
+                if (strike_min is not None and strike < strike_min) or (
+                    strike_max is not None and strike > strike_max
+                ):
+                    return False
             if terms:
                 text = self._text[self._starts[i] : self._starts[i + 1] - 1]
-                strike = self.strike[i]
+                strike = strikes[i]
                 for term, number in zip(terms, numbers, strict=True):
                     if term not in text and (number is None or strike != number):
                         return False
             return True
 
-        exact = [i for i in self._exact(" ".join(terms)) if accept(i)] if terms else []
-        found = exact[:limit]
-        skip = set(exact)
-        for i in self._candidates(terms, numbers, exchange):
-            if i not in skip and accept(i):
-                found.append(i)
-                if len(found) >= limit:
-                    break
+        if not terms:
+            return self._browse_matches(names, exchange, accept, limit)
+        return self._ranked_matches(terms, numbers, exchange, accept, limit)
+
+    def _browse_matches(
+        self,
+        names: set[str] | None,
+        exchange: str | None,
+        accept: Callable[[int], bool],
+        limit: int,
+    ) -> list[int]:
+        found: list[int] = []
+        listed = sorted(names) if names is not None else self._names_sorted()
+        for name in listed:
+            if exchange is not None and exchange not in self._groups.get(name, {}):
+                continue
+            for i in self._browse_order(name, exchange):
+                if accept(i):
+                    found.append(i)
+                    if len(found) >= limit:
+                        return found
         return found
+
+    def _ranked_matches(
+        self,
+        terms: Sequence[str],
+        numbers: Sequence[float | None],
+        exchange: str | None,
+        accept: Callable[[int], bool],
+        limit: int,
+    ) -> list[int]:
+        found: list[int] = []
+        taken: set[int] = set()
+
+        def take(ids: Iterable[int]) -> bool:
+            """Add the accepted ones; True once `limit` are found."""
+            for i in ids:
+                if i not in taken and accept(i):
+                    taken.add(i)
+                    found.append(i)
+                    if len(found) >= limit:
+                        return True
+            return False
+
+        first = terms[0]
+        if take(self._exact(" ".join(terms))):
+            return found
+        # The underlying named exactly, then underlyings that start with the term.
+        if take(sorted(self._name_rows(self._folded_names.get(first, ()), exchange))):
+            return found
+        prefixed = [
+            name
+            for folded in self._folded_with_prefix(first)
+            if folded != first
+            for name in self._folded_names[folded]
+        ]
+        if take(sorted(self._name_rows(prefixed, exchange))):
+            return found
+        # Then symbols that start with the term, then the rest: one pass over the candidates,
+        # cut short once the symbol prefixes alone fill the page.
+        wanted = limit - len(found)
+        prefix: list[int] = []
+        rest: list[int] = []
+        text, starts = self._text, self._starts
+        for i in self._candidates(terms, numbers, exchange):
+            if i in taken or not accept(i):
+                continue
+            if text.startswith(first, starts[i]):
+                prefix.append(i)
+                if len(prefix) >= wanted:
+                    break
+            elif len(rest) < wanted:
+                rest.append(i)
+        return found + (prefix + rest)[:wanted]
+
+    def _name_rows(self, names: Iterable[str | None], exchange: str | None) -> Iterator[int]:
+        for name in names:
+            groups = self._groups.get(name, {})
+            if exchange is not None:
+                yield from groups.get(exchange, ())
+            else:
+                for ids in groups.values():
+                    yield from ids
 
     def _exact(self, query: str) -> list[int]:
         """Rows whose case-folded symbol is `query` (itself folded), in rank order: those spelt
@@ -449,6 +688,7 @@ class IndexBuilder:
         self._lengths: list[int] = []
         self._expiries: set[tuple[str | None, str, str | None, str | None]] = set()
         self._unfolded: dict[str, list[int]] = {}
+        self._groups: dict[str | None, dict[str, list[int]]] = {}
 
     @_synchronous_build_step
     def add(self, columns: Sequence[Sequence[Any]]) -> None:
@@ -516,6 +756,16 @@ class IndexBuilder:
         self._texts.append(fold("\n".join(texts)))
         self._lengths.extend(map(len, texts))
         self._expiries.update(zip(name, exchange, itype, expiry, strict=True))
+        groups = self._groups
+        for i, nm, ex in zip(ids, name, exchange, strict=True):
+            by_exchange = groups.get(nm)
+            if by_exchange is None:
+                by_exchange = groups[nm] = {}
+            rows = by_exchange.get(ex)
+            if rows is None:
+                by_exchange[ex] = [i]
+            else:
+                rows.append(i)
 
     def _old_strings(self) -> dict[str, str]:
         """The previous snapshot's symbols, broker symbols and tokens, each mapped to itself."""
@@ -559,11 +809,23 @@ class IndexBuilder:
             for ex in set(index.exchange[first : first + (1 << BLOCK_SHIFT)]):
                 exchange_masks[ex] |= 1 << block
         index._exchange_masks = exchange_masks
-        expiries: dict[str | None, set[tuple[str, str | None, str]]] = {}
+        expiries: dict[str | None, set[tuple[str, str | None, str | None]]] = {}
+        ranks: dict[str, int] = {}
         for name, exchange, itype, expiry in self._expiries:
-            if expiry is not None:
-                expiries.setdefault(name, set()).add((exchange, itype, expiry))
+            expiries.setdefault(name, set()).add((exchange, itype, expiry))
+            if expiry is not None and expiry not in ranks:
+                parsed = parse_expiry(expiry)
+                ranks[expiry] = parsed.toordinal() if parsed is not None else _UNPARSABLE
         index._expiries = expiries
+        index._expiry_rank = ranks
+        index._groups = self._groups
+        folded: dict[str, list[str]] = {}
+        for name in self._groups:
+            if name is not None:
+                folded.setdefault(fold(name), []).append(name)
+        index._folded_names = folded
+        index._sorted_names = index._sorted_folded = None
+        index._browse, index._chains, index._underlyings = {}, {}, {}
         return index
 
 
