@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
+from fastapi import Request
 
 from service.errors import NotFound
 from service.models.symbols import ContractDownload
@@ -34,9 +35,13 @@ def ist_today(now: datetime | None = None) -> date:
     return (now or datetime.now(UTC)).astimezone(IST).date()
 
 
-async def today_in_ist() -> date:
-    """Dependency: the exchanges' current day (overridden by tests)."""
-    return ist_today()
+async def today_in_ist(request: Request) -> date:
+    """Dependency: the exchanges' current day. An app whose `state.market_clock` is set (a
+    callable returning a date: tests pin the day with it) reads that clock instead. The API
+    routes are shared by every app instance, so FastAPI's `dependency_overrides` cannot reach
+    them."""
+    clock: Callable[[], date] | None = getattr(request.app.state, "market_clock", None)
+    return clock() if clock is not None else ist_today()
 
 
 # --- option chain -------------------------------------------------------------------------------
