@@ -350,7 +350,7 @@ async def get_option_chain(
     return _json(body)
 
 
-@router.get("/export", responses={200: _EXPORTED})
+@router.get("/export", response_class=StreamingResponse, responses={200: _EXPORTED})
 async def export_symbols(
     index: IndexDep,
     exchange: ExchangeQuery = None,

@@ -42,7 +42,7 @@ class SymbolStats(BaseModel):
 # text cannot hold NUL, so no query string may carry one (stated as a pattern, enforced as one).
 NO_NUL = r"^[^\x00]*$"
 EXPIRY_PATTERN = r"^[0-9]{2}-[A-Za-z]{3}-([0-9]{2}|[0-9]{4})$"
-BROKER_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+BROKER_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
 MAX_STRIKE = 1e12
 
 
