@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import heapq
 import itertools
 import logging
 import re
@@ -76,9 +77,16 @@ _EXPIRY = re.compile(r"([0-9]{2})-([A-Z]{3})-([0-9]{2}|[0-9]{4})")
 
 OPTION_TYPES = frozenset({"CE", "PE"})
 FUTURE_TYPES = frozenset({"FUT", "PERPFUT"})
+DERIVATIVE_TYPES = OPTION_TYPES | FUTURE_TYPES
 _TYPE_GROUPS = {"OPTIONS": OPTION_TYPES, "FUTURES": FUTURE_TYPES}
 _UNDATED = -1  # the browse rank of a row without expiry (spot, perpetual): before dated ones
 _UNPARSABLE = 1 << 30  # and of an expiry that is not a date: after every date
+_ALL_ROWS = "\x00all"  # the key of a name's rows on every exchange (no exchange is spelt so)
+_BISECT_BUDGET = 4_000  # names x blocks looked up by bisection before walking candidates
+_SPOT = "\x00spot"  # the browse key of the rows that are not derivatives
+_PREFIX_RANGE = 4096  # symbol-prefix rows sorted directly; past that, candidates are walked
+_DIRECT_ROWS = 256  # a ranking group this small is read directly rather than among candidates
+_SPOT_NAMES = "\x00spot names"  # the cache key of the spot rows sorted by folded name
 
 
 def fold(text: str) -> str:
@@ -138,6 +146,8 @@ class SymbolIndex:
         "_masks",
         "_sorted_folded",
         "_sorted_names",
+        "_sorted_symbols",
+        "_spot",
         "_starts",
         "_text",
         "_underlyings",
@@ -182,13 +192,16 @@ class SymbolIndex:
     counts: dict[str, int]
     # {name: {(exchange, instrumenttype, expiry), ...}} for the expiry and underlying lists
     _expiries: dict[str | None, set[tuple[str, str | None, str | None]]]
-    # Derivatives by underlying: {name: {exchange: row ids in rank order}}; every row is in one.
+    # Derivatives (rows with an expiry, or of a derivative type) by underlying: {name: {exchange:
+    # row ids in rank order}}; the other rows (spot: equities, indices), in rank order.
     _groups: dict[str | None, dict[str, list[int]]]
+    _spot: list[int]
     _folded_names: dict[str, list[str]]  # folded name -> the names spelt so
     _expiry_rank: dict[str, int]  # expiry -> its date's ordinal (_UNPARSABLE if not a date)
     # Filled in on first use, once per snapshot:
     _sorted_names: list[str | None] | None  # every name, sorted (rows without one last)
     _sorted_folded: list[str] | None  # every folded name, sorted (for prefix ranges)
+    _sorted_symbols: array[int] | None  # row ids by case-folded symbol (for prefix ranges)
     _browse: dict[tuple[str | None, str | None], list[int]]  # (name, exchange) -> browse order
     _chains: dict[tuple[str, str], dict[str, list[int]]]  # (exchange, folded underlying) -> ...
     _underlyings: dict[tuple[str | None, bool, date], list[str]]
@@ -328,9 +341,21 @@ class SymbolIndex:
             self._chains[key] = chains
         return chains
 
+    def _browse_key(self, i: int) -> tuple[tuple[int, str], int, float, str, str, str]:
+        """Underlying (rows without a name last), expiry date (undated first), strike, type,
+        then symbol and exchange."""
+        name, expiry, strike = self.name[i], self.expiry[i], self.strike[i]
+        return (
+            (0, name) if name is not None else (1, ""),
+            _UNDATED if expiry is None else self._expiry_rank.get(expiry, _UNPARSABLE),
+            -1.0 if strike is None else strike,
+            self.instrumenttype[i] or "",
+            self.symbol[i],
+            self.exchange[i],
+        )
+
     def _browse_order(self, name: str | None, exchange: str | None) -> list[int]:
-        """The rows of one name (on one exchange, or all), by expiry date, strike, instrument
-        type, then symbol and exchange."""
+        """The derivatives of one underlying (on one exchange, or all) in browse order."""
         key = (name, exchange)
         order = self._browse.get(key)
         if order is None:
@@ -339,20 +364,19 @@ class SymbolIndex:
                 ids: Iterable[int] = groups.get(exchange, ())
             else:
                 ids = itertools.chain.from_iterable(groups.values())
-            ranks, expiries, strikes = self._expiry_rank, self.expiry, self.strike
-            types, symbols, exchanges = self.instrumenttype, self.symbol, self.exchange
+            order = self._browse[key] = sorted(ids, key=self._browse_key)
+        return order
 
-            def browse_key(i: int) -> tuple[int, float, str, str, str]:
-                expiry, strike = expiries[i], strikes[i]
-                return (
-                    _UNDATED if expiry is None else ranks.get(expiry, _UNPARSABLE),
-                    -1.0 if strike is None else strike,
-                    types[i] or "",
-                    symbols[i],
-                    exchanges[i],
-                )
-
-            order = self._browse[key] = sorted(ids, key=browse_key)
+    def _spot_order(self, exchange: str | None) -> list[int]:
+        """The rows that are not derivatives (of one exchange, or all) in browse order."""
+        key = (_SPOT, exchange)
+        order = self._browse.get(key)
+        if order is None:
+            ids = self._spot
+            if exchange is not None:
+                exchanges = self.exchange
+                ids = [i for i in ids if exchanges[i] == exchange]
+            order = self._browse[key] = sorted(ids, key=self._browse_key)
         return order
 
     def _names_sorted(self) -> list[str | None]:
@@ -408,8 +432,11 @@ class SymbolIndex:
                 return False
             if expiry is not None and self.expiry[i] != expiry:
                 return False
-            if names is not None and self.name[i] not in names:
-                return False
+            if names is not None and (
+                self.name[i] not in names
+                or (self.expiry[i] is None and self.instrumenttype[i] not in DERIVATIVE_TYPES)
+            ):
+                return False  # `underlying` names the underlying of derivatives
             if strike_min is not None or strike_max is not None:
                 strike = strikes[i]
                 if strike is None:
@@ -439,14 +466,20 @@ class SymbolIndex:
     ) -> list[int]:
         found: list[int] = []
         listed = sorted(names) if names is not None else self._names_sorted()
-        for name in listed:
-            if exchange is not None and exchange not in self._groups.get(name, {}):
-                continue
-            for i in self._browse_order(name, exchange):
-                if accept(i):
-                    found.append(i)
-                    if len(found) >= limit:
-                        return found
+
+        def derivatives() -> Iterator[int]:
+            for name in listed:
+                if exchange is None or exchange in self._groups.get(name, {}):
+                    yield from self._browse_order(name, exchange)
+
+        rows: Iterable[int] = derivatives()
+        if names is None:  # the spot rows too, each in its place by name
+            rows = heapq.merge(rows, self._spot_order(exchange), key=self._browse_key)
+        for i in rows:
+            if accept(i):
+                found.append(i)
+                if len(found) >= limit:
+                    break
         return found
 
     def _ranked_matches(
@@ -457,6 +490,9 @@ class SymbolIndex:
         accept: Callable[[int], bool],
         limit: int,
     ) -> list[int]:
+        """Each group of the ranking is looked for only in the blocks holding every term, so a
+        query costs about what it did before the groups: the rows of a popular underlying are
+        many, those of it in the blocks holding "24000" and "CE" few."""
         found: list[int] = []
         taken: set[int] = set()
 
@@ -473,8 +509,21 @@ class SymbolIndex:
         first = terms[0]
         if take(self._exact(" ".join(terms))):
             return found
-        # The underlying named exactly, then underlyings that start with the term.
-        if take(sorted(self._name_rows(self._folded_names.get(first, ()), exchange))):
+        blocks = self._candidate_blocks(terms, numbers, exchange)
+        if not blocks:
+            return found
+        # Every group below may walk the candidates: they are found once, on demand, and kept.
+        candidates = _Replay(self._candidates(terms, numbers, exchange, blocks))
+        # The underlying named exactly, then those that start with the term, then the symbols
+        # that start with it: each group is read directly where it is small in these blocks,
+        # else found among the candidates (few when a term is rare, early when it is common).
+        names = self.name
+        exact_spot, prefixed_spot = self._spot_named(first, blocks)
+        exact = self._folded_names.get(first, [])
+        exact_names = {*exact, *(names[i] for i in exact_spot)}
+        derivatives = self._rows_of_names(exact, blocks)
+        rows = _merged(derivatives, exact_spot) if derivatives is not None else None
+        if take(self._group(rows, lambda i: names[i] in exact_names, candidates)):
             return found
         prefixed = [
             name
@@ -482,33 +531,107 @@ class SymbolIndex:
             if folded != first
             for name in self._folded_names[folded]
         ]
-        if take(sorted(self._name_rows(prefixed, exchange))):
+        prefixed_names = {*prefixed, *(names[i] for i in prefixed_spot)}
+        listed: list[int] | None = None
+        if len(prefixed) * len(blocks) <= _BISECT_BUDGET:
+            derivatives = self._rows_of_names(prefixed, blocks)
+            listed = _merged(derivatives, prefixed_spot) if derivatives is not None else None
+        if take(self._group(listed, lambda i: names[i] in prefixed_names, candidates)):
             return found
-        # Then symbols that start with the term, then the rest: one pass over the candidates,
-        # cut short once the symbol prefixes alone fill the page.
-        wanted = limit - len(found)
-        prefix: list[int] = []
-        rest: list[int] = []
         text, starts = self._text, self._starts
-        for i in self._candidates(terms, numbers, exchange):
-            if i in taken or not accept(i):
-                continue
-            if text.startswith(first, starts[i]):
-                prefix.append(i)
-                if len(prefix) >= wanted:
-                    break
-            elif len(rest) < wanted:
-                rest.append(i)
-        return found + (prefix + rest)[:wanted]
+        starting = self._symbols_starting(first, blocks)
+        if take(self._group(starting, lambda i: text.startswith(first, starts[i]), candidates)):
+            return found
+        # Then the rest.
+        take(candidates)
+        return found
 
-    def _name_rows(self, names: Iterable[str | None], exchange: str | None) -> Iterator[int]:
+    @staticmethod
+    def _group(
+        listed: list[int] | None, member: Callable[[int], bool], candidates: Iterable[int]
+    ) -> Iterable[int]:
+        """One group of the ranking in rank order: its rows as listed when they are few, else
+        the candidates that belong to it."""
+        if listed is not None and len(listed) <= _DIRECT_ROWS:
+            return listed
+        return filter(member, candidates)
+
+    def _spot_named(self, first: str, blocks: list[int]) -> tuple[list[int], list[int]]:
+        """Spot rows within `blocks` whose folded name is `first`, and those whose folded name
+        starts with it (but is not it), each in rank order."""
+        key = (_SPOT_NAMES, None)
+        order = self._browse.get(key)
+        names = self.name
+        if order is None:  # once per snapshot: the spot rows by folded name
+            named = [i for i in self._spot if names[i] is not None]
+            order = self._browse[key] = sorted(named, key=lambda i: fold(names[i] or ""))
+
+        def folded(i: int) -> str:
+            return fold(names[i] or "")
+
+        lo = bisect_left(order, first, key=folded)
+        hi = bisect_left(order, first + "\U0010ffff", lo, key=folded)
+        wanted = set(blocks)
+        exact: list[int] = []
+        prefixed: list[int] = []
+        for i in order[lo:hi]:
+            if i >> BLOCK_SHIFT in wanted:
+                (exact if folded(i) == first else prefixed).append(i)
+        exact.sort()
+        prefixed.sort()
+        return exact, prefixed
+
+    def _rows_of_names(self, names: Sequence[str], blocks: list[int]) -> list[int] | None:
+        """The derivatives of these names within `blocks`, in rank order; None as soon as they
+        are more than a group read directly (the caller then walks the candidates)."""
+        out: list[int] = []
+        step = 1 << BLOCK_SHIFT
         for name in names:
+            ids = self._name_ids(name)
+            for block in blocks:
+                first = block * step
+                lo = bisect_left(ids, first)
+                hi = bisect_left(ids, first + step, lo)
+                if hi > lo:
+                    out.extend(ids[lo:hi])
+                    if len(out) > _DIRECT_ROWS:
+                        return None
+        if len(names) > 1:
+            out.sort()
+        return out
+
+    def _name_ids(self, name: str) -> list[int]:
+        """Every row of one name, in rank order (kept for the snapshot's life)."""
+        ids = self._browse.get((name, _ALL_ROWS))
+        if ids is None:
             groups = self._groups.get(name, {})
-            if exchange is not None:
-                yield from groups.get(exchange, ())
-            else:
-                for ids in groups.values():
-                    yield from ids
+            ids = next(iter(groups.values())) if len(groups) == 1 else sorted(
+                itertools.chain.from_iterable(groups.values())
+            )  # fmt: skip
+            self._browse[(name, _ALL_ROWS)] = ids
+        return ids
+
+    def _symbols_starting(self, prefix: str, blocks: list[int]) -> list[int] | None:
+        """Rows within `blocks` whose case-folded symbol starts with `prefix`, in rank order;
+        None when the prefix is shared by too many symbols to sort them on each query."""
+        order = self._sorted_symbols
+        symbols = self.symbol
+        if order is None:
+            # Once per snapshot, on the first search that gets this far.
+            key: Callable[[int], str] = (
+                (lambda i: fold(symbols[i])) if self._unfolded else symbols.__getitem__
+            )
+            order = self._sorted_symbols = array("I", sorted(range(self.size), key=key))
+
+        def folded(i: int) -> str:
+            return fold(symbols[i])
+
+        lo = bisect_left(order, prefix, key=folded)
+        hi = bisect_left(order, prefix + "\U0010ffff", lo, key=folded)
+        if hi - lo > _PREFIX_RANGE:
+            return None
+        wanted = set(blocks)
+        return sorted(i for i in order[lo:hi] if i >> BLOCK_SHIFT in wanted)
 
     def _exact(self, query: str) -> list[int]:
         """Rows whose case-folded symbol is `query` (itself folded), in rank order: those spelt
@@ -527,11 +650,10 @@ class SymbolIndex:
         others = self._unfolded.get(query)
         return sorted(out + others) if others else out
 
-    def _candidates(
+    def _candidate_blocks(
         self, terms: Sequence[str], numbers: Sequence[float | None], exchange: str | None
-    ) -> Iterator[int]:
-        """Row ids, in rank order, that may match (a superset of the matches): from the blocks
-        that hold every term, the rows holding the term that is rarest there."""
+    ) -> list[int]:
+        """The blocks that hold every term (and rows of `exchange`), lowest first."""
         blocks = (1 << (len(self._block_pos) - 1)) - 1
         if exchange is not None:
             blocks &= self._exchange_masks.get(exchange, 0)
@@ -544,7 +666,19 @@ class SymbolIndex:
             if number is not None:
                 found |= self._mask(number, blocks, self._block_has_strike)
             blocks &= found
-        found_blocks = _bits(blocks)
+        return _bits(blocks)
+
+    def _candidates(
+        self,
+        terms: Sequence[str],
+        numbers: Sequence[float | None],
+        exchange: str | None,
+        found_blocks: list[int] | None = None,
+    ) -> Iterator[int]:
+        """Row ids, in rank order, that may match (a superset of the matches): from the blocks
+        that hold every term, the rows holding the term that is rarest there."""
+        if found_blocks is None:
+            found_blocks = self._candidate_blocks(terms, numbers, exchange)
         step = 1 << BLOCK_SHIFT
         if not terms:
             for block in found_blocks:
@@ -689,6 +823,7 @@ class IndexBuilder:
         self._expiries: set[tuple[str | None, str, str | None, str | None]] = set()
         self._unfolded: dict[str, list[int]] = {}
         self._groups: dict[str | None, dict[str, list[int]]] = {}
+        self._spot: list[int] = []
 
     @_synchronous_build_step
     def add(self, columns: Sequence[Sequence[Any]]) -> None:
@@ -755,9 +890,12 @@ class IndexBuilder:
         texts = list(map(" ".join, zip(symbol, brsymbol, names, token, strict=True)))
         self._texts.append(fold("\n".join(texts)))
         self._lengths.extend(map(len, texts))
-        self._expiries.update(zip(name, exchange, itype, expiry, strict=True))
-        groups = self._groups
-        for i, nm, ex in zip(ids, name, exchange, strict=True):
+        groups, spot, expiries = self._groups, self._spot, self._expiries
+        for i, nm, ex, exp, it in zip(ids, name, exchange, expiry, itype, strict=True):
+            if exp is None and it not in DERIVATIVE_TYPES:
+                spot.append(i)
+                continue
+            expiries.add((nm, ex, it, exp))
             by_exchange = groups.get(nm)
             if by_exchange is None:
                 by_exchange = groups[nm] = {}
@@ -819,6 +957,8 @@ class IndexBuilder:
         index._expiries = expiries
         index._expiry_rank = ranks
         index._groups = self._groups
+        index._spot = self._spot
+        index._sorted_symbols = None
         folded: dict[str, list[str]] = {}
         for name in self._groups:
             if name is not None:
@@ -837,6 +977,34 @@ def _row_ids(start: int, count: int) -> list[int]:
     if len(_ROW_IDS) < start + count:
         _ROW_IDS.extend(range(len(_ROW_IDS), start + count))
     return _ROW_IDS[start : start + count]
+
+
+class _Replay:
+    """An iterator that can be walked again from the start: what was drawn from it is kept, and
+    only what no walk reached yet is drawn."""
+
+    def __init__(self, source: Iterator[int]) -> None:
+        self._source = source
+        self._seen: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        seen = self._seen
+        k = 0
+        while True:
+            if k < len(seen):
+                yield seen[k]
+            else:
+                item = next(self._source, None)
+                if item is None:
+                    return
+                seen.append(item)
+                yield item
+            k += 1
+
+
+def _merged(one: list[int], other: list[int]) -> list[int]:
+    """Two sorted lists of row ids as one."""
+    return sorted(one + other) if one and other else one or other
 
 
 def _bits(mask: int) -> list[int]:

@@ -165,6 +165,9 @@ class TestSearch:
             queries.append({"q": r["symbol"][:6], "exchange": r["exchange"]})
             queries.append({"q": r["token"][-3:]})
         queries += [{"q": "CE", "limit": 1000}, {"q": "BFO", "exchange": "BFO", "limit": 1000}]
+        # Short prefixes: every group of the ranking large, read among the candidates.
+        queries += [{"q": q, "limit": 400} for q in ("N", "NI", "S", "GOLD", "TA", "28")]
+        queries += [{"q": "NIFTY", "underlying": "NIFTY", "limit": 300}]
         for params in queries:
             memory = await search(client, **params)
             database = await search(client, database=True, **params)

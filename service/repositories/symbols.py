@@ -26,7 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.cache import invalidate
 from service.models.base import utcnow
 from service.models.symbols import SEARCH_TEXT_SQL, ContractDownload, Symbol, SymbolContract
-from service.symbol_index import COLUMNS, IndexBuilder, SymbolIndex, fold, numeric_term
+from service.symbol_index import (
+    COLUMNS,
+    DERIVATIVE_TYPES,
+    IndexBuilder,
+    SymbolIndex,
+    fold,
+    numeric_term,
+)
 
 TOPIC = "symbols"
 FETCH_ROWS = 20_000
@@ -200,6 +207,8 @@ def search_statement(
     name = func.upper(_binary(Symbol.name, dialect))
     if underlying is not None:
         conditions.append(name == fold(underlying))
+        derivative = Symbol.instrumenttype.in_(sorted(DERIVATIVE_TYPES))
+        conditions.append(or_(Symbol.expiry.is_not(None), derivative))
     if strike_min is not None:
         conditions.append(Symbol.strike >= strike_min)
     if strike_max is not None:
