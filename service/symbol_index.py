@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import heapq
 import itertools
 import logging
 import re
@@ -74,6 +75,19 @@ _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _MONTHS = {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}  # fmt: skip
 _EXPIRY = re.compile(r"([0-9]{2})-([A-Z]{3})-([0-9]{2}|[0-9]{4})")
 
+OPTION_TYPES = frozenset({"CE", "PE"})
+FUTURE_TYPES = frozenset({"FUT", "PERPFUT"})
+DERIVATIVE_TYPES = OPTION_TYPES | FUTURE_TYPES
+_TYPE_GROUPS = {"OPTIONS": OPTION_TYPES, "FUTURES": FUTURE_TYPES}
+_UNDATED = -1  # the browse rank of a row without expiry (spot, perpetual): before dated ones
+_UNPARSABLE = 1 << 30  # and of an expiry that is not a date: after every date
+_ALL_ROWS = "\x00all"  # the key of a name's rows on every exchange (no exchange is spelt so)
+_BISECT_BUDGET = 4_000  # names x blocks looked up by bisection before walking candidates
+_SPOT = "\x00spot"  # the browse key of the rows that are not derivatives
+_PREFIX_RANGE = 4096  # symbol-prefix rows sorted directly; past that, candidates are walked
+_DIRECT_ROWS = 256  # a ranking group this small is read directly rather than among candidates
+_SPOT_NAMES = "\x00spot names"  # the cache key of the spot rows sorted by folded name
+
 
 def fold(text: str) -> str:
     """Case-fold for search: ASCII letters only, exactly like SQLite's upper() and PostgreSQL's
@@ -103,6 +117,15 @@ def parse_expiry(text: str) -> date | None:
         return None
 
 
+def instrument_types(value: str | None) -> frozenset[str] | None:
+    """The instrument types a filter value stands for: `options` (CE, PE), `futures` (FUT,
+    PERPFUT), or the one type named (case-folded); None for no filter."""
+    if value is None:
+        return None
+    folded = fold(value)
+    return _TYPE_GROUPS.get(folded, frozenset({folded}))
+
+
 def _expiry_key(text: str) -> tuple[int, date | None, str]:
     parsed = parse_expiry(text)
     return (0, parsed, text) if parsed is not None else (1, None, text)
@@ -113,11 +136,21 @@ class SymbolIndex:
 
     __slots__ = (
         "_block_pos",
+        "_browse",
+        "_chains",
         "_exchange_masks",
         "_expiries",
+        "_expiry_rank",
+        "_folded_names",
+        "_groups",
         "_masks",
+        "_sorted_folded",
+        "_sorted_names",
+        "_sorted_symbols",
+        "_spot",
         "_starts",
         "_text",
+        "_underlyings",
         "_unfolded",
         "brexchange",
         "brsymbol",
@@ -157,8 +190,21 @@ class SymbolIndex:
     by_token: dict[str, dict[str, int]]
     by_brsymbol: dict[str, dict[str, int]]
     counts: dict[str, int]
-    # {name: {(exchange, instrumenttype, expiry), ...}} for the expiry lists
-    _expiries: dict[str | None, set[tuple[str, str | None, str]]]
+    # {name: {(exchange, instrumenttype, expiry), ...}} for the expiry and underlying lists
+    _expiries: dict[str | None, set[tuple[str, str | None, str | None]]]
+    # Derivatives (rows with an expiry, or of a derivative type) by underlying: {name: {exchange:
+    # row ids in rank order}}; the other rows (spot: equities, indices), in rank order.
+    _groups: dict[str | None, dict[str, list[int]]]
+    _spot: list[int]
+    _folded_names: dict[str, list[str]]  # folded name -> the names spelt so
+    _expiry_rank: dict[str, int]  # expiry -> its date's ordinal (_UNPARSABLE if not a date)
+    # Filled in on first use, once per snapshot:
+    _sorted_names: list[str | None] | None  # every name, sorted (rows without one last)
+    _sorted_folded: list[str] | None  # every folded name, sorted (for prefix ranges)
+    _sorted_symbols: array[int] | None  # row ids by case-folded symbol (for prefix ranges)
+    _browse: dict[tuple[str | None, str | None], list[int]]  # (name, exchange) -> browse order
+    _chains: dict[tuple[str, str], dict[str, list[int]]]  # (exchange, folded underlying) -> ...
+    _underlyings: dict[tuple[str | None, bool, date], list[str]]
     _text: str
     _starts: array[int]  # _starts[i]: where row i's text begins; _starts[size]: the end
     _block_pos: list[int]  # text position of each block's first row, then the end
@@ -207,26 +253,147 @@ class SymbolIndex:
             table, key = self.by_brsymbol.get(exchange), brsymbol or ""
         return table.get(key) if table is not None else None
 
-    # --- expiries -------------------------------------------------------------------------------
+    # --- derivatives ----------------------------------------------------------------------------
+
+    def names_for(self, underlying: str) -> list[str]:
+        """The names spelt like `underlying` but for case."""
+        return self._folded_names.get(fold(underlying), [])
+
+    def expiry_date(self, expiry: str) -> date | None:
+        rank = self._expiry_rank.get(expiry)
+        return date.fromordinal(rank) if rank is not None and rank != _UNPARSABLE else None
+
+    def blocks_of(self, exchange: str) -> list[int]:
+        """The search blocks (of 1 << BLOCK_SHIFT rows) holding rows of `exchange`."""
+        return _bits(self._exchange_masks.get(exchange, 0))
+
+    def _live(self, expiry: str | None, today: date) -> bool:
+        """Whether an instrument of `expiry` still trades on `today` (undated ones always do;
+        an expiry that is not a date is kept rather than guessed expired)."""
+        if expiry is None:
+            return True
+        rank = self._expiry_rank.get(expiry, _UNPARSABLE)
+        return rank >= today.toordinal()
 
     def expiries(
-        self, *, name: str | None, exchange: str | None, instrumenttype: str | None
+        self,
+        *,
+        name: str | None,
+        exchange: str | None,
+        types: frozenset[str] | None,
+        today: date | None = None,
     ) -> list[str]:
-        """Distinct expiries matching the filters, in date order (unparsable ones last)."""
-        if name is not None:
-            groups: Iterable[set[tuple[str, str | None, str]]] = (
-                [self._expiries[name]] if name in self._expiries else []
-            )
-        else:
-            groups = self._expiries.values()
+        """Distinct expiries matching the filters, in date order (unparsable ones last); with
+        `today`, only those that have not expired by then."""
+        names = self.names_for(name) if name is not None else self._expiries
         found = {
             expiry
-            for group in groups
-            for ex, itype, expiry in group
-            if (exchange is None or ex == exchange)
-            and (instrumenttype is None or itype == instrumenttype)
+            for each in names
+            for ex, itype, expiry in self._expiries.get(each, ())
+            if expiry is not None
+            and (exchange is None or ex == exchange)
+            and (types is None or itype in types)
         }
+        if today is not None:
+            found = {expiry for expiry in found if self._live(expiry, today)}
         return sorted(found, key=_expiry_key)
+
+    def underlyings(self, *, exchange: str | None, include_futures: bool, today: date) -> list[str]:
+        """Names with options on `exchange` (any exchange when None), and with `include_futures`
+        also those with a future that has not expired by `today`; sorted."""
+        key = (exchange, include_futures, today)
+        cached = self._underlyings.get(key)
+        if cached is not None:
+            return cached
+        found = []
+        for name, group in self._expiries.items():
+            if name is None:
+                continue
+            for ex, itype, expiry in group:
+                if exchange is not None and ex != exchange:
+                    continue
+                if itype in OPTION_TYPES or (
+                    include_futures and itype in FUTURE_TYPES and self._live(expiry, today)
+                ):
+                    found.append(name)
+                    break
+        found.sort()
+        if len(self._underlyings) >= 64:  # one entry per day and filter: a handful in practice
+            self._underlyings.clear()
+        self._underlyings[key] = found
+        return found
+
+    def option_chains(self, exchange: str, underlying: str) -> dict[str, list[int]]:
+        """{expiry: option row ids sorted by strike, then CE before PE} for one underlying on
+        one exchange; built on first use and kept for the snapshot's life."""
+        key = (exchange, fold(underlying))
+        chains = self._chains.get(key)
+        if chains is None:
+            chains = {}
+            for name in self.names_for(underlying):
+                for i in self._groups[name].get(exchange, ()):
+                    expiry = self.expiry[i]
+                    if expiry is not None and self.instrumenttype[i] in OPTION_TYPES:
+                        chains.setdefault(expiry, []).append(i)
+            strikes, types = self.strike, self.instrumenttype
+            for ids in chains.values():
+                ids.sort(key=lambda i: (strikes[i], types[i]))
+            self._chains[key] = chains
+        return chains
+
+    def _browse_key(self, i: int) -> tuple[tuple[int, str], int, float, str, str, str]:
+        """Underlying (rows without a name last), expiry date (undated first), strike, type,
+        then symbol and exchange."""
+        name, expiry, strike = self.name[i], self.expiry[i], self.strike[i]
+        return (
+            (0, name) if name is not None else (1, ""),
+            _UNDATED if expiry is None else self._expiry_rank.get(expiry, _UNPARSABLE),
+            -1.0 if strike is None else strike,
+            self.instrumenttype[i] or "",
+            self.symbol[i],
+            self.exchange[i],
+        )
+
+    def _browse_order(self, name: str | None, exchange: str | None) -> list[int]:
+        """The derivatives of one underlying (on one exchange, or all) in browse order."""
+        key = (name, exchange)
+        order = self._browse.get(key)
+        if order is None:
+            groups = self._groups.get(name, {})
+            if exchange is not None:
+                ids: Iterable[int] = groups.get(exchange, ())
+            else:
+                ids = itertools.chain.from_iterable(groups.values())
+            order = self._browse[key] = sorted(ids, key=self._browse_key)
+        return order
+
+    def _spot_order(self, exchange: str | None) -> list[int]:
+        """The rows that are not derivatives (of one exchange, or all) in browse order."""
+        key = (_SPOT, exchange)
+        order = self._browse.get(key)
+        if order is None:
+            ids = self._spot
+            if exchange is not None:
+                exchanges = self.exchange
+                ids = [i for i in ids if exchanges[i] == exchange]
+            order = self._browse[key] = sorted(ids, key=self._browse_key)
+        return order
+
+    def _names_sorted(self) -> list[str | None]:
+        if self._sorted_names is None:
+            named = sorted(n for n in self._groups if n is not None)
+            self._sorted_names = [*named, None] if None in self._groups else [*named]
+        return self._sorted_names
+
+    def _folded_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Folded names that start with `prefix`, in order."""
+        if self._sorted_folded is None:
+            self._sorted_folded = sorted(self._folded_names)
+        names = self._sorted_folded
+        for k in range(bisect_left(names, prefix), len(names)):
+            if not names[k].startswith(prefix):
+                break
+            yield names[k]
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -235,41 +402,236 @@ class SymbolIndex:
         terms: Sequence[str],
         *,
         exchange: str | None = None,
-        instrumenttype: str | None = None,
+        types: frozenset[str] | None = None,
         expiry: str | None = None,
+        underlying: str | None = None,
+        strike_min: float | None = None,
+        strike_max: float | None = None,
         limit: int = 50,
     ) -> list[int]:
-        """Row ids of the best `limit` matches: rows whose symbol equals the query first, then in
-        rank order. Every (case-folded) term must be a substring of the symbol, broker symbol,
-        name or token, or equal the strike when it is a number."""
+        """Row ids of the best `limit` matches of the terms and filters.
+
+        Every (case-folded) term must be a substring of the symbol, broker symbol, name or token,
+        or equal the strike when it is a number. With terms, the rows whose symbol is the query
+        come first, then those whose underlying (name) is the first term, then those whose
+        underlying starts with it, then those whose symbol does, then the rest; each group in
+        rank order. Without terms, rows come by underlying, expiry date, strike and instrument
+        type (what an option-chain or basket screen lists)."""
         if self.size == 0 or limit <= 0:
             return []
         numbers = [numeric_term(t) for t in terms]
+        names = set(self.names_for(underlying)) if underlying is not None else None
+        if names is not None and not names:
+            return []
+        strikes = self.strike
 
         def accept(i: int) -> bool:
             if exchange is not None and self.exchange[i] != exchange:
                 return False
-            if instrumenttype is not None and self.instrumenttype[i] != instrumenttype:
+            if types is not None and self.instrumenttype[i] not in types:
                 return False
             if expiry is not None and self.expiry[i] != expiry:
                 return False
+            if names is not None and (
+                self.name[i] not in names
+                or (self.expiry[i] is None and self.instrumenttype[i] not in DERIVATIVE_TYPES)
+            ):
+                return False  # `underlying` names the underlying of derivatives
+            if strike_min is not None or strike_max is not None:
+                strike = strikes[i]
+                if strike is None:
+                    return False
+                if (strike_min is not None and strike < strike_min) or (
+                    strike_max is not None and strike > strike_max
+                ):
+                    return False
             if terms:
                 text = self._text[self._starts[i] : self._starts[i + 1] - 1]
-                strike = self.strike[i]
+                strike = strikes[i]
                 for term, number in zip(terms, numbers, strict=True):
                     if term not in text and (number is None or strike != number):
                         return False
             return True
 
-        exact = [i for i in self._exact(" ".join(terms)) if accept(i)] if terms else []
-        found = exact[:limit]
-        skip = set(exact)
-        for i in self._candidates(terms, numbers, exchange):
-            if i not in skip and accept(i):
+        if not terms:
+            return self._browse_matches(names, exchange, accept, limit)
+        return self._ranked_matches(terms, numbers, exchange, accept, limit)
+
+    def _browse_matches(
+        self,
+        names: set[str] | None,
+        exchange: str | None,
+        accept: Callable[[int], bool],
+        limit: int,
+    ) -> list[int]:
+        found: list[int] = []
+        listed = sorted(names) if names is not None else self._names_sorted()
+
+        def derivatives() -> Iterator[int]:
+            for name in listed:
+                if exchange is None or exchange in self._groups.get(name, {}):
+                    yield from self._browse_order(name, exchange)
+
+        rows: Iterable[int] = derivatives()
+        if names is None:  # the spot rows too, each in its place by name
+            rows = heapq.merge(rows, self._spot_order(exchange), key=self._browse_key)
+        for i in rows:
+            if accept(i):
                 found.append(i)
                 if len(found) >= limit:
                     break
         return found
+
+    def _ranked_matches(
+        self,
+        terms: Sequence[str],
+        numbers: Sequence[float | None],
+        exchange: str | None,
+        accept: Callable[[int], bool],
+        limit: int,
+    ) -> list[int]:
+        """Each group of the ranking is looked for only in the blocks holding every term, so a
+        query costs about what it did before the groups: the rows of a popular underlying are
+        many, those of it in the blocks holding "24000" and "CE" few."""
+        found: list[int] = []
+        taken: set[int] = set()
+
+        def take(ids: Iterable[int]) -> bool:
+            """Add the accepted ones; True once `limit` are found."""
+            for i in ids:
+                if i not in taken and accept(i):
+                    taken.add(i)
+                    found.append(i)
+                    if len(found) >= limit:
+                        return True
+            return False
+
+        first = terms[0]
+        if take(self._exact(" ".join(terms))):
+            return found
+        blocks = self._candidate_blocks(terms, numbers, exchange)
+        if not blocks:
+            return found
+        # Every group below may walk the candidates: they are found once, on demand, and kept.
+        candidates = _Replay(self._candidates(terms, numbers, exchange, blocks))
+        # The underlying named exactly, then those that start with the term, then the symbols
+        # that start with it: each group is read directly where it is small in these blocks,
+        # else found among the candidates (few when a term is rare, early when it is common).
+        names = self.name
+        exact_spot, prefixed_spot = self._spot_named(first, blocks)
+        exact = self._folded_names.get(first, [])
+        exact_names = {*exact, *(names[i] for i in exact_spot)}
+        derivatives = self._rows_of_names(exact, blocks)
+        rows = _merged(derivatives, exact_spot) if derivatives is not None else None
+        if take(self._group(rows, lambda i: names[i] in exact_names, candidates)):
+            return found
+        prefixed = [
+            name
+            for folded in self._folded_with_prefix(first)
+            if folded != first
+            for name in self._folded_names[folded]
+        ]
+        prefixed_names = {*prefixed, *(names[i] for i in prefixed_spot)}
+        listed: list[int] | None = None
+        if len(prefixed) * len(blocks) <= _BISECT_BUDGET:
+            derivatives = self._rows_of_names(prefixed, blocks)
+            listed = _merged(derivatives, prefixed_spot) if derivatives is not None else None
+        if take(self._group(listed, lambda i: names[i] in prefixed_names, candidates)):
+            return found
+        text, starts = self._text, self._starts
+        starting = self._symbols_starting(first, blocks)
+        if take(self._group(starting, lambda i: text.startswith(first, starts[i]), candidates)):
+            return found
+        # Then the rest.
+        take(candidates)
+        return found
+
+    @staticmethod
+    def _group(
+        listed: list[int] | None, member: Callable[[int], bool], candidates: Iterable[int]
+    ) -> Iterable[int]:
+        """One group of the ranking in rank order: its rows as listed when they are few, else
+        the candidates that belong to it."""
+        if listed is not None and len(listed) <= _DIRECT_ROWS:
+            return listed
+        return filter(member, candidates)
+
+    def _spot_named(self, first: str, blocks: list[int]) -> tuple[list[int], list[int]]:
+        """Spot rows within `blocks` whose folded name is `first`, and those whose folded name
+        starts with it (but is not it), each in rank order."""
+        key = (_SPOT_NAMES, None)
+        order = self._browse.get(key)
+        names = self.name
+        if order is None:  # once per snapshot: the spot rows by folded name
+            named = [i for i in self._spot if names[i] is not None]
+            order = self._browse[key] = sorted(named, key=lambda i: fold(names[i] or ""))
+
+        def folded(i: int) -> str:
+            return fold(names[i] or "")
+
+        lo = bisect_left(order, first, key=folded)
+        hi = bisect_left(order, first + "\U0010ffff", lo, key=folded)
+        wanted = set(blocks)
+        exact: list[int] = []
+        prefixed: list[int] = []
+        for i in order[lo:hi]:
+            if i >> BLOCK_SHIFT in wanted:
+                (exact if folded(i) == first else prefixed).append(i)
+        exact.sort()
+        prefixed.sort()
+        return exact, prefixed
+
+    def _rows_of_names(self, names: Sequence[str], blocks: list[int]) -> list[int] | None:
+        """The derivatives of these names within `blocks`, in rank order; None as soon as they
+        are more than a group read directly (the caller then walks the candidates)."""
+        out: list[int] = []
+        step = 1 << BLOCK_SHIFT
+        for name in names:
+            ids = self._name_ids(name)
+            for block in blocks:
+                first = block * step
+                lo = bisect_left(ids, first)
+                hi = bisect_left(ids, first + step, lo)
+                if hi > lo:
+                    out.extend(ids[lo:hi])
+                    if len(out) > _DIRECT_ROWS:
+                        return None
+        if len(names) > 1:
+            out.sort()
+        return out
+
+    def _name_ids(self, name: str) -> list[int]:
+        """Every row of one name, in rank order (kept for the snapshot's life)."""
+        ids = self._browse.get((name, _ALL_ROWS))
+        if ids is None:
+            groups = self._groups.get(name, {})
+            ids = next(iter(groups.values())) if len(groups) == 1 else sorted(
+                itertools.chain.from_iterable(groups.values())
+            )  # fmt: skip
+            self._browse[(name, _ALL_ROWS)] = ids
+        return ids
+
+    def _symbols_starting(self, prefix: str, blocks: list[int]) -> list[int] | None:
+        """Rows within `blocks` whose case-folded symbol starts with `prefix`, in rank order;
+        None when the prefix is shared by too many symbols to sort them on each query."""
+        order = self._sorted_symbols
+        symbols = self.symbol
+        if order is None:
+            # Once per snapshot, on the first search that gets this far.
+            key: Callable[[int], str] = (
+                (lambda i: fold(symbols[i])) if self._unfolded else symbols.__getitem__
+            )
+            order = self._sorted_symbols = array("I", sorted(range(self.size), key=key))
+
+        def folded(i: int) -> str:
+            return fold(symbols[i])
+
+        lo = bisect_left(order, prefix, key=folded)
+        hi = bisect_left(order, prefix + "\U0010ffff", lo, key=folded)
+        if hi - lo > _PREFIX_RANGE:
+            return None
+        wanted = set(blocks)
+        return sorted(i for i in order[lo:hi] if i >> BLOCK_SHIFT in wanted)
 
     def _exact(self, query: str) -> list[int]:
         """Rows whose case-folded symbol is `query` (itself folded), in rank order: those spelt
@@ -288,11 +650,10 @@ class SymbolIndex:
         others = self._unfolded.get(query)
         return sorted(out + others) if others else out
 
-    def _candidates(
+    def _candidate_blocks(
         self, terms: Sequence[str], numbers: Sequence[float | None], exchange: str | None
-    ) -> Iterator[int]:
-        """Row ids, in rank order, that may match (a superset of the matches): from the blocks
-        that hold every term, the rows holding the term that is rarest there."""
+    ) -> list[int]:
+        """The blocks that hold every term (and rows of `exchange`), lowest first."""
         blocks = (1 << (len(self._block_pos) - 1)) - 1
         if exchange is not None:
             blocks &= self._exchange_masks.get(exchange, 0)
@@ -305,7 +666,19 @@ class SymbolIndex:
             if number is not None:
                 found |= self._mask(number, blocks, self._block_has_strike)
             blocks &= found
-        found_blocks = _bits(blocks)
+        return _bits(blocks)
+
+    def _candidates(
+        self,
+        terms: Sequence[str],
+        numbers: Sequence[float | None],
+        exchange: str | None,
+        found_blocks: list[int] | None = None,
+    ) -> Iterator[int]:
+        """Row ids, in rank order, that may match (a superset of the matches): from the blocks
+        that hold every term, the rows holding the term that is rarest there."""
+        if found_blocks is None:
+            found_blocks = self._candidate_blocks(terms, numbers, exchange)
         step = 1 << BLOCK_SHIFT
         if not terms:
             for block in found_blocks:
@@ -449,6 +822,8 @@ class IndexBuilder:
         self._lengths: list[int] = []
         self._expiries: set[tuple[str | None, str, str | None, str | None]] = set()
         self._unfolded: dict[str, list[int]] = {}
+        self._groups: dict[str | None, dict[str, list[int]]] = {}
+        self._spot: list[int] = []
 
     @_synchronous_build_step
     def add(self, columns: Sequence[Sequence[Any]]) -> None:
@@ -515,7 +890,20 @@ class IndexBuilder:
         texts = list(map(" ".join, zip(symbol, brsymbol, names, token, strict=True)))
         self._texts.append(fold("\n".join(texts)))
         self._lengths.extend(map(len, texts))
-        self._expiries.update(zip(name, exchange, itype, expiry, strict=True))
+        groups, spot, expiries = self._groups, self._spot, self._expiries
+        for i, nm, ex, exp, it in zip(ids, name, exchange, expiry, itype, strict=True):
+            if exp is None and it not in DERIVATIVE_TYPES:
+                spot.append(i)
+                continue
+            expiries.add((nm, ex, it, exp))
+            by_exchange = groups.get(nm)
+            if by_exchange is None:
+                by_exchange = groups[nm] = {}
+            rows = by_exchange.get(ex)
+            if rows is None:
+                by_exchange[ex] = [i]
+            else:
+                rows.append(i)
 
     def _old_strings(self) -> dict[str, str]:
         """The previous snapshot's symbols, broker symbols and tokens, each mapped to itself."""
@@ -559,11 +947,25 @@ class IndexBuilder:
             for ex in set(index.exchange[first : first + (1 << BLOCK_SHIFT)]):
                 exchange_masks[ex] |= 1 << block
         index._exchange_masks = exchange_masks
-        expiries: dict[str | None, set[tuple[str, str | None, str]]] = {}
+        expiries: dict[str | None, set[tuple[str, str | None, str | None]]] = {}
+        ranks: dict[str, int] = {}
         for name, exchange, itype, expiry in self._expiries:
-            if expiry is not None:
-                expiries.setdefault(name, set()).add((exchange, itype, expiry))
+            expiries.setdefault(name, set()).add((exchange, itype, expiry))
+            if expiry is not None and expiry not in ranks:
+                parsed = parse_expiry(expiry)
+                ranks[expiry] = parsed.toordinal() if parsed is not None else _UNPARSABLE
         index._expiries = expiries
+        index._expiry_rank = ranks
+        index._groups = self._groups
+        index._spot = self._spot
+        index._sorted_symbols = None
+        folded: dict[str, list[str]] = {}
+        for name in self._groups:
+            if name is not None:
+                folded.setdefault(fold(name), []).append(name)
+        index._folded_names = folded
+        index._sorted_names = index._sorted_folded = None
+        index._browse, index._chains, index._underlyings = {}, {}, {}
         return index
 
 
@@ -575,6 +977,34 @@ def _row_ids(start: int, count: int) -> list[int]:
     if len(_ROW_IDS) < start + count:
         _ROW_IDS.extend(range(len(_ROW_IDS), start + count))
     return _ROW_IDS[start : start + count]
+
+
+class _Replay:
+    """An iterator that can be walked again from the start: what was drawn from it is kept, and
+    only what no walk reached yet is drawn."""
+
+    def __init__(self, source: Iterator[int]) -> None:
+        self._source = source
+        self._seen: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        seen = self._seen
+        k = 0
+        while True:
+            if k < len(seen):
+                yield seen[k]
+            else:
+                item = next(self._source, None)
+                if item is None:
+                    return
+                seen.append(item)
+                yield item
+            k += 1
+
+
+def _merged(one: list[int], other: list[int]) -> list[int]:
+    """Two sorted lists of row ids as one."""
+    return sorted(one + other) if one and other else one or other
 
 
 def _bits(mask: int) -> list[int]:

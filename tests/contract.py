@@ -133,12 +133,13 @@ _CDS = (
 )
 
 
-def generate(rows: int, seed: int = 0) -> list[Row]:
-    """`rows` instruments (exactly), unique by (symbol, exchange), the same for the same seed."""
-    return list(iter_rows(rows, seed))
+def generate(rows: int, seed: int = 0, base: date = _BASE) -> list[Row]:
+    """`rows` instruments (exactly), unique by (symbol, exchange), the same for the same seed.
+    Expiries start at `base` (a Thursday: the month's last for monthly expiries)."""
+    return list(iter_rows(rows, seed, base))
 
 
-def iter_rows(rows: int, seed: int = 0) -> Iterator[Row]:
+def iter_rows(rows: int, seed: int = 0, base: date = _BASE) -> Iterator[Row]:
     rng = random.Random(seed)
     counts = _allocate(rows)
     equities = _equity_universe(rng, max(counts["NSE"], counts["BSE"], 200))
@@ -158,13 +159,13 @@ def iter_rows(rows: int, seed: int = 0) -> Iterator[Row]:
         for sym, _name, spot in equities[:180]
     ]
     yield from itertools.islice(
-        _derivatives("NFO", _NFO_INDICES + tuple(stocks), tokens), counts["NFO"]
+        _derivatives("NFO", _NFO_INDICES + tuple(stocks), tokens, base), counts["NFO"]
     )
     yield from itertools.islice(
-        _derivatives("BFO", _BFO_INDICES + tuple(stocks[:40]), tokens), counts["BFO"]
+        _derivatives("BFO", _BFO_INDICES + tuple(stocks[:40]), tokens, base), counts["BFO"]
     )
-    yield from itertools.islice(_derivatives("MCX", _MCX, tokens), counts["MCX"])
-    yield from itertools.islice(_derivatives("CDS", _CDS, tokens), counts["CDS"])
+    yield from itertools.islice(_derivatives("MCX", _MCX, tokens, base), counts["MCX"])
+    yield from itertools.islice(_derivatives("CDS", _CDS, tokens, base), counts["CDS"])
 
 
 def _allocate(rows: int) -> dict[str, int]:
@@ -248,10 +249,11 @@ class _Expiry:
 
 
 def _derivatives(
-    exchange: str, underlyings: tuple[_Underlying, ...], tokens: _Tokens
+    exchange: str, underlyings: tuple[_Underlying, ...], tokens: _Tokens, base: date = _BASE
 ) -> Iterator[Row]:
     expiries = {
-        u.name: [_Expiry.of(d, monthly) for d, monthly in _expiry_dates(u)] for u in underlyings
+        u.name: [_Expiry.of(d, monthly) for d, monthly in _expiry_dates(u, base)]
+        for u in underlyings
     }
     for u in underlyings:  # a future per monthly expiry
         for expiry in expiries[u.name]:
@@ -275,16 +277,16 @@ def _derivatives(
                     )  # fmt: skip
 
 
-def _expiry_dates(u: _Underlying) -> list[tuple[date, bool]]:
+def _expiry_dates(u: _Underlying, base: date = _BASE) -> list[tuple[date, bool]]:
     """(expiry, is_monthly): three monthly expiries, plus weekly ones for weekly underlyings."""
     monthly = []
-    year, month = _BASE.year, _BASE.month
+    year, month = base.year, base.month
     for _ in range(3):
         monthly.append(_last_weekday(year, month, u.weekday))
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     out = dict.fromkeys(monthly, True)
     if u.weekly:
-        first = _BASE + timedelta(days=(u.weekday - _BASE.weekday()) % 7)
+        first = base + timedelta(days=(u.weekday - base.weekday()) % 7)
         for week in range(10):
             out.setdefault(first + timedelta(weeks=week), False)
     return sorted(out.items())

@@ -102,7 +102,9 @@ class TestExpiries:
     )  # fmt: skip
     async def test_distinct_expiries_in_date_order(self, client, params, expected):
         await put_contract(client, ROWS)
-        response = await client.get("/api/v1/symbols/expiries", params=params)
+        response = await client.get(
+            "/api/v1/symbols/expiries", params={**params, "include_expired": "true"}
+        )
         assert response.status_code == 200
         assert response.json() == {"items": expected}
 
@@ -174,6 +176,11 @@ class TestOpenApi:
             ("/api/v1/symbols/search", "get"): {"200", "422"},
             ("/api/v1/symbols/expiries", "get"): {"200"},
             ("/api/v1/symbols/stats", "get"): {"200"},
+            ("/api/v1/symbols/underlyings", "get"): {"200", "422"},
+            ("/api/v1/symbols/option-chain", "get"): {"200", "404", "422"},
+            ("/api/v1/symbols/status", "get"): {"200"},
+            ("/api/v1/symbols/status/{broker}", "get"): {"200", "404", "422"},
+            ("/api/v1/symbols/status/{broker}", "put"): {"200", "422"},
             ("/api/v1/symbols/{exchange}/{symbol}", "get"): {"200", "404"},
             ("/api/v1/tokens/lookup", "get"): {"200", "404", "422"},
             ("/api/v1/tokens/lookup", "post"): {"200", "400", "413", "422"},

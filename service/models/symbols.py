@@ -7,20 +7,23 @@ a pg_trgm GIN index over the searchable text backs the database path of symbol s
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
+    Date,
     Float,
     Index,
     Integer,
     PrimaryKeyConstraint,
     String,
+    Text,
     literal_column,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.models.base import Base
+from service.models.base import Base, JSONDocument
 
 # The text a search term is matched against: every searchable field, separated by a space. Terms
 # never contain whitespace, so "a term is a substring of one of the fields" is the same as "a term
@@ -72,3 +75,27 @@ class SymbolContract(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
     loaded_at: Mapped[datetime | None]
+
+
+class ContractDownload(Base):
+    """Per broker, where the platform's download of its master contract stands: reported by the
+    loader (`downloading`, `error`) and by a successful `PUT /symbols?broker=` (`success`, with
+    its duration and per-exchange counts)."""
+
+    __tablename__ = "master_contract_status"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'downloading', 'success', 'error')", name="known_status"
+        ),
+    )
+
+    broker: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    last_updated: Mapped[datetime]
+    total_symbols: Mapped[int] = mapped_column(Integer, default=0)
+    is_ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    exchange_stats: Mapped[dict[str, int]] = mapped_column(JSONDocument, default=dict)
+    last_download_time: Mapped[datetime | None]
+    download_duration_seconds: Mapped[float | None] = mapped_column(Float)
+    download_date: Mapped[date | None] = mapped_column(Date)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import date
 from typing import Any
 
 from sqlalchemy import (
@@ -24,8 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cache import invalidate
 from service.models.base import utcnow
-from service.models.symbols import SEARCH_TEXT_SQL, Symbol, SymbolContract
-from service.symbol_index import COLUMNS, IndexBuilder, SymbolIndex, numeric_term
+from service.models.symbols import SEARCH_TEXT_SQL, ContractDownload, Symbol, SymbolContract
+from service.symbol_index import (
+    COLUMNS,
+    DERIVATIVE_TYPES,
+    IndexBuilder,
+    SymbolIndex,
+    fold,
+    numeric_term,
+)
 
 TOPIC = "symbols"
 FETCH_ROWS = 20_000
@@ -173,12 +181,17 @@ def search_statement(
     terms: Sequence[str],
     *,
     exchange: str | None = None,
-    instrumenttype: str | None = None,
+    types: frozenset[str] | None = None,
     expiry: str | None = None,
+    underlying: str | None = None,
+    strike_min: float | None = None,
+    strike_max: float | None = None,
     limit: int = 50,
 ) -> Select[Any]:
     """Each term ILIKE the search text (GIN trigram index on PostgreSQL) or equal to the strike
-    when numeric; exact symbol first, then the rank of SymbolIndex.search."""
+    when numeric; ranked as SymbolIndex.search ranks with terms: exact symbol, exact underlying,
+    underlying prefix, symbol prefix, the rest, each in rank order."""
+    assert terms, "the database path serves searches with terms only"
     text = _SEARCH_TEXT[dialect]
     conditions: list[ColumnElement[bool]] = []
     for term in terms:
@@ -187,12 +200,30 @@ def search_statement(
         conditions.append(or_(matches, Symbol.strike == number) if number is not None else matches)
     if exchange is not None:
         conditions.append(Symbol.exchange == exchange)
-    if instrumenttype is not None:
-        conditions.append(Symbol.instrumenttype == instrumenttype)
+    if types is not None:
+        conditions.append(Symbol.instrumenttype.in_(sorted(types)))
     if expiry is not None:
         conditions.append(Symbol.expiry == expiry)
-    exact = case((func.upper(_binary(Symbol.symbol, dialect)) == " ".join(terms), 0), else_=1)
-    return select(*_COLUMNS).where(*conditions).order_by(exact, *_rank(dialect)).limit(limit)
+    name = func.upper(_binary(Symbol.name, dialect))
+    if underlying is not None:
+        conditions.append(name == fold(underlying))
+        derivative = Symbol.instrumenttype.in_(sorted(DERIVATIVE_TYPES))
+        conditions.append(or_(Symbol.expiry.is_not(None), derivative))
+    if strike_min is not None:
+        conditions.append(Symbol.strike >= strike_min)
+    if strike_max is not None:
+        conditions.append(Symbol.strike <= strike_max)
+    first = terms[0]
+    prefix = _like_pattern(first)[1:]  # "term%": LIKE, after upper(), is case-sensitive
+    symbol = func.upper(_binary(Symbol.symbol, dialect))
+    tier = case(
+        (symbol == " ".join(terms), 0),
+        (name == first, 1),
+        (name.like(prefix, escape=_ESCAPE), 2),
+        (symbol.like(prefix, escape=_ESCAPE), 3),
+        else_=4,
+    )
+    return select(*_COLUMNS).where(*conditions).order_by(tier, *_rank(dialect)).limit(limit)
 
 
 async def search_symbols(
@@ -200,18 +231,81 @@ async def search_symbols(
     terms: Sequence[str],
     *,
     exchange: str | None = None,
-    instrumenttype: str | None = None,
+    types: frozenset[str] | None = None,
     expiry: str | None = None,
+    underlying: str | None = None,
+    strike_min: float | None = None,
+    strike_max: float | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The same answer as SymbolIndex.search, from the database."""
+    """The same answer as SymbolIndex.search with terms, from the database."""
     stmt = search_statement(
         dialect_of(session),
         terms,
         exchange=exchange,
-        instrumenttype=instrumenttype,
+        types=types,
         expiry=expiry,
+        underlying=underlying,
+        strike_min=strike_min,
+        strike_max=strike_max,
         limit=limit,
     )
     result = await session.execute(stmt)
     return [dict(zip(COLUMNS, row, strict=True)) for row in result]
+
+
+# --- download status, per broker -----------------------------------------------------------------
+
+
+async def download_statuses(session: AsyncSession) -> list[ContractDownload]:
+    result = await session.scalars(select(ContractDownload).order_by(ContractDownload.broker))
+    return list(result)
+
+
+async def download_status(session: AsyncSession, broker: str) -> ContractDownload | None:
+    return await session.get(ContractDownload, broker)
+
+
+async def _upsert_status(session: AsyncSession, broker: str, values: dict[str, Any]) -> None:
+    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
+    fresh = {"total_symbols": 0, "exchange_stats": {}, **values}
+    stmt = insert(ContractDownload).values(broker=broker, **fresh)
+    await session.execute(
+        stmt.on_conflict_do_update(index_elements=[ContractDownload.broker], set_=values)
+    )
+
+
+async def report_status(
+    session: AsyncSession, broker: str, status: str, message: str | None
+) -> None:
+    """The loader's report (`pending`, `downloading`, `error`): the counts of the last success
+    stay, but the broker is not ready until its next one."""
+    values = {"status": status, "message": message, "is_ready": False, "last_updated": utcnow()}
+    await _upsert_status(session, broker, values)
+
+
+async def record_success(
+    session: AsyncSession,
+    broker: str,
+    *,
+    total: int,
+    exchange_stats: dict[str, int],
+    duration_s: float,
+    day: date,
+) -> None:
+    now = utcnow()
+    await _upsert_status(
+        session,
+        broker,
+        {
+            "status": "success",
+            "message": f"Loaded {total} symbols.",
+            "is_ready": True,
+            "last_updated": now,
+            "total_symbols": total,
+            "exchange_stats": exchange_stats,
+            "last_download_time": now,
+            "download_duration_seconds": round(duration_s, 3),
+            "download_date": day,
+        },
+    )

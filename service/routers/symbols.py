@@ -5,30 +5,63 @@ trigram index only while no index is built)."""
 from __future__ import annotations
 
 import time
+from datetime import date
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
-from fastapi import Query, Request, Response
+from fastapi import Depends, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from service.db import SessionDep
+from service.derivatives import (
+    ExportFormat,
+    download_status,
+    export_contract,
+    last_downloaded_broker,
+    option_chain,
+    today_in_ist,
+)
 from service.errors import (
+    DatabaseUnavailable,
     NotFound,
     UnsupportedMediaType,
     ValidationFailed,
     problems,
 )
+from service.models.base import utcnow
 from service.repositories import symbol_load
 from service.repositories import symbols as symbols_repo
 from service.routers.base import domain_router
 from service.schemas.base import Deleted, Items
-from service.schemas.symbols import SymbolLoadRead, SymbolRead, SymbolStats
+from service.schemas.symbols import (
+    BROKER_PATTERN,
+    EXPIRY_PATTERN,
+    MAX_STRIKE,
+    NO_NUL,
+    DownloadStatus,
+    DownloadStatusList,
+    DownloadStatusUpdate,
+    OptionChain,
+    SymbolLoadRead,
+    SymbolRead,
+    SymbolStats,
+)
 from service.state import AppState, IndexDep, StateDep
-from service.symbol_index import search_terms
+from service.symbol_index import fold, instrument_types, search_terms
 
 router = domain_router("/symbols", "symbols")
 
 MAX_LIMIT = 1000
 # The version check that catches a missed notification (the bus also re-checks on reconnect).
+
+_EXPORTED = {
+    "description": "The contract, streamed.",
+    "content": {
+        "text/csv": {"schema": {"type": "string"}},
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    },
+}
 
 _UPLOAD = {
     "requestBody": {
@@ -62,6 +95,36 @@ def _exchanges(values: list[str] | None) -> frozenset[str] | None:
     return cleaned
 
 
+ExchangeQuery = Annotated[
+    str | None,
+    Query(description="Only this exchange's rows.", max_length=64, pattern=NO_NUL,
+          examples=["NFO"]),
+]  # fmt: skip
+UnderlyingQuery = Annotated[
+    str | None,
+    Query(description="The underlying (the rows' `name`), case-insensitive.", max_length=128,
+          pattern=NO_NUL, examples=["NIFTY"]),
+]  # fmt: skip
+InstrumentTypeQuery = Annotated[
+    str | None,
+    Query(
+        description="An instrument type (`FUT`, `CE`, `PE`, `PERPFUT`, `EQ`, ...), or a group:"
+        " `options` (CE and PE) or `futures` (FUT and PERPFUT). Case-insensitive.",
+        max_length=32,
+        pattern=NO_NUL,
+        examples=["options"],
+    ),
+]
+ExpiryQuery = Annotated[
+    str | None,
+    Query(description="DD-MMM-YY (or DD-MMM-YYYY), case-insensitive.", pattern=EXPIRY_PATTERN,
+          examples=["03-DEC-26"]),
+]  # fmt: skip
+StrikeQuery = Annotated[float | None, Query(ge=0, le=MAX_STRIKE, allow_inf_nan=False)]
+BrokerPath = Annotated[str, Path(pattern=BROKER_PATTERN, examples=["zerodha"])]
+TodayDep = Annotated[date, Depends(today_in_ist)]
+
+
 @router.put(
     "",
     response_model=SymbolLoadRead,
@@ -69,7 +132,18 @@ def _exchanges(values: list[str] | None) -> frozenset[str] | None:
     openapi_extra=_UPLOAD,
 )
 async def load_symbols(
-    request: Request, state: StateDep, exchange: ExchangesQuery = None
+    request: Request,
+    state: StateDep,
+    today: TodayDep,
+    exchange: ExchangesQuery = None,
+    broker: Annotated[
+        str | None,
+        Query(
+            description="The broker whose contract this is: its download status records the"
+            " load (`success`, duration, rows per exchange; `error` when the body is refused).",
+            pattern=BROKER_PATTERN,
+        ),
+    ] = None,
 ) -> SymbolLoadRead:
     """Replace the master contract (or only `exchange`s) with a CSV or NDJSON upload, atomically."""
     started = time.perf_counter()
@@ -79,41 +153,80 @@ async def load_symbols(
     # No session dependency: it would begin a write transaction (on SQLite, take the write lock)
     # before the body is read and hold it for the whole upload. The load opens its own, short,
     # once the body is parsed, and commits it.
-    result = await symbol_load.load_contract(
-        state.engine,
-        state.sessionmaker,
-        state.settings,
-        request.stream(),
-        fmt,
-        _exchanges(exchange),
-    )
+    try:
+        result = await symbol_load.load_contract(
+            state.engine,
+            state.sessionmaker,
+            state.settings,
+            request.stream(),
+            fmt,
+            _exchanges(exchange),
+        )
+    except ValidationFailed as refused:
+        if broker is not None:
+            async with state.write_sessionmaker() as session:
+                await symbols_repo.report_status(
+                    session, broker, "error", f"The contract was refused: {refused.detail}"[:2000]
+                )
+                await session.commit()
+        raise
     # The answer comes once this instance's index holds the new contract.
-    await state.runtime.symbols.refresh()
+    index = await state.runtime.symbols.refresh()
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    if broker is not None:
+        async with state.write_sessionmaker() as session:
+            await symbols_repo.record_success(
+                session,
+                broker,
+                total=index.size,
+                exchange_stats=dict(sorted(index.counts.items())),
+                duration_s=duration_ms / 1000,
+                day=today,
+            )
+            await session.commit()
     return SymbolLoadRead(
         rows=result.rows,
         exchanges=result.exchanges,
         version=result.version,
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        duration_ms=duration_ms,
     )
 
 
 @router.get("/search", response_model=Items[SymbolRead])
 async def search_symbols(
     request: Request,
-    q: Annotated[str | None, Query(description="Whitespace-separated terms.")] = None,
-    exchange: str | None = None,
-    instrumenttype: str | None = None,
-    expiry: Annotated[str | None, Query(examples=["28-NOV-24"])] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            description="Whitespace-separated terms; each must match.",
+            max_length=256,
+            pattern=NO_NUL,
+            examples=["nifty 24000 ce"],
+        ),
+    ] = None,
+    exchange: ExchangeQuery = None,
+    underlying: UnderlyingQuery = None,
+    instrumenttype: InstrumentTypeQuery = None,
+    expiry: ExpiryQuery = None,
+    strike_min: StrikeQuery = None,
+    strike_max: StrikeQuery = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> Response:
-    """Search: every term matches symbol, brsymbol, name or token (or the strike); best first."""
+    """Search the contract, at most `limit` rows, whatever the combination of parameters.
+
+    Every term of `q` matches the symbol, broker symbol, name or token (or equals the strike);
+    every filter given must hold. With `q`: the exact symbol first, then rows whose underlying
+    is the first term, whose underlying starts with it, whose symbol starts with it, then the
+    rest. Without `q`: by underlying, expiry (chronologically), strike and instrument type; with
+    no filter either, that is the first `limit` rows of the whole contract in that order."""
     terms = search_terms(q)
-    if not terms and not exchange:
-        raise ValidationFailed.field(["query", "q"], "give search terms, an exchange, or both")
+    types = instrument_types(instrumenttype)
     expiry = expiry.upper() if expiry else None
     state: AppState = request.app.state.store
     index = state.runtime.symbols.index
     if index is None:
+        if not terms:
+            raise DatabaseUnavailable("The symbol index is not built yet; retry shortly.")
         # No session dependency on this route: a search served from memory (all of them, once
         # the index is built) would pay for one it does not use.
         async with state.sessionmaker() as session:
@@ -121,13 +234,23 @@ async def search_symbols(
                 session,
                 terms,
                 exchange=exchange,
-                instrumenttype=instrumenttype,
+                types=types,
                 expiry=expiry,
+                underlying=underlying,
+                strike_min=strike_min,
+                strike_max=strike_max,
                 limit=limit,
             )
     else:
         found = index.search(
-            terms, exchange=exchange, instrumenttype=instrumenttype, expiry=expiry, limit=limit
+            terms,
+            exchange=exchange,
+            types=types,
+            expiry=expiry,
+            underlying=underlying,
+            strike_min=strike_min,
+            strike_max=strike_max,
+            limit=limit,
         )
         items = [index.row(i) for i in found]
     return _json({"items": items})
@@ -136,12 +259,147 @@ async def search_symbols(
 @router.get("/expiries", response_model=Items[str])
 async def list_expiries(
     index: IndexDep,
-    name: Annotated[str | None, Query(description="The underlying.", examples=["NIFTY"])] = None,
-    exchange: Annotated[str | None, Query(examples=["NFO"])] = None,
-    instrumenttype: Annotated[str | None, Query(examples=["FUT", "CE", "PE"])] = None,
+    today: TodayDep,
+    name: Annotated[
+        str | None,
+        Query(
+            description="The underlying, case-insensitive.",
+            max_length=128,
+            pattern=NO_NUL,
+            examples=["NIFTY"],
+        ),
+    ] = None,
+    underlying: UnderlyingQuery = None,
+    exchange: ExchangeQuery = None,
+    instrumenttype: InstrumentTypeQuery = None,
+    include_expired: Annotated[
+        bool, Query(description="Also expiries before today (IST).")
+    ] = False,
 ) -> Items[str]:
-    """Distinct expiries of the matching instruments, in date order."""
-    return Items(items=index.expiries(name=name, exchange=exchange, instrumenttype=instrumenttype))
+    """Distinct expiries of the matching instruments, in date order; those past (judged in IST)
+    only with `include_expired`. `underlying` and `name` are the same filter (both: both hold)."""
+    if name is not None and underlying is not None and fold(name) != fold(underlying):
+        return Items(items=[])
+    return Items(
+        items=index.expiries(
+            name=underlying if underlying is not None else name,
+            exchange=exchange,
+            types=instrument_types(instrumenttype),
+            today=None if include_expired else today,
+        )
+    )
+
+
+@router.get("/underlyings", response_model=Items[str])
+async def list_underlyings(
+    index: IndexDep,
+    today: TodayDep,
+    exchange: ExchangeQuery = None,
+    include_futures: Annotated[
+        bool, Query(description="Also underlyings with a future not expired today (IST).")
+    ] = False,
+) -> Items[str]:
+    """Underlyings (the rows' `name`) that have options, sorted; with `include_futures`, also
+    those that have a live future."""
+    return Items(
+        items=index.underlyings(exchange=exchange, include_futures=include_futures, today=today)
+    )
+
+
+@router.get("/option-chain", response_model=OptionChain, responses=problems(404))
+async def get_option_chain(
+    index: IndexDep,
+    today: TodayDep,
+    exchange: Annotated[str, Query(max_length=64, pattern=NO_NUL, examples=["NFO"])],
+    underlying: Annotated[
+        str,
+        Query(description="Case-insensitive.", max_length=128, pattern=NO_NUL, examples=["NIFTY"]),
+    ],
+    expiry: Annotated[
+        str | None,
+        Query(
+            description="DD-MMM-YY; the nearest expiry not past (IST) when omitted.",
+            pattern=EXPIRY_PATTERN,
+            examples=["03-DEC-26"],
+        ),
+    ] = None,
+    around: Annotated[
+        float | None,
+        Query(
+            description="Keep only the `count` strikes nearest to this price.",
+            ge=0,
+            le=MAX_STRIKE,
+            allow_inf_nan=False,
+            examples=[24000],
+        ),
+    ] = None,
+    count: Annotated[
+        int, Query(description="How many strikes `around` keeps.", ge=1, le=1000)
+    ] = 20,
+) -> Response:
+    """Calls and puts of one underlying and expiry, one entry per strike, by strike."""
+    body = option_chain(
+        index,
+        exchange=exchange,
+        underlying=underlying,
+        expiry=expiry,
+        today=today,
+        around=around,
+        count=count,
+    )
+    return _json(body)
+
+
+@router.get("/export", response_class=StreamingResponse, responses={200: _EXPORTED})
+async def export_symbols(
+    index: IndexDep,
+    exchange: ExchangeQuery = None,
+    format: Annotated[
+        ExportFormat, Query(description="`csv` (with a header row) or `ndjson`.")
+    ] = "csv",
+) -> StreamingResponse:
+    """The contract (or one exchange) in the format `PUT /api/v1/symbols` loads, streamed: a
+    round trip gives the same contract."""
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
+    name = f"symbols-{exchange or 'all'}-v{index.version}.{format}".replace("/", "_")
+    return StreamingResponse(
+        export_contract(index, exchange, format),
+        media_type=media,
+        headers={"content-disposition": f'attachment; filename="{quote(name)}"'},
+    )
+
+
+@router.get("/status", response_model=DownloadStatusList)
+async def list_download_statuses(session: SessionDep) -> DownloadStatusList:
+    """Every broker's contract download status, and the broker loaded last."""
+    rows = await symbols_repo.download_statuses(session)
+    now = utcnow()
+    return DownloadStatusList(
+        items=[DownloadStatus(**download_status(row, now)) for row in rows],
+        last_downloaded_broker=last_downloaded_broker(rows),
+    )
+
+
+@router.get("/status/{broker}", response_model=DownloadStatus, responses=problems(404))
+async def get_download_status(broker: BrokerPath, session: SessionDep) -> DownloadStatus:
+    """One broker's contract download status."""
+    row = await symbols_repo.download_status(session, broker)
+    if row is None:
+        raise NotFound(f"No download status for broker {broker!r}.")
+    return DownloadStatus(**download_status(row, utcnow()))
+
+
+@router.put("/status/{broker}", response_model=DownloadStatus)
+async def put_download_status(
+    broker: BrokerPath, body: DownloadStatusUpdate, session: SessionDep
+) -> DownloadStatus:
+    """The platform's loader reports a download starting (`downloading`) or failing (`error`).
+    A `downloading` report older than the timeout reads as `error`."""
+    await symbols_repo.report_status(session, broker, body.status, body.message)
+    await session.commit()
+    row = await symbols_repo.download_status(session, broker)
+    assert row is not None
+    return DownloadStatus(**download_status(row, utcnow()))
 
 
 @router.get("/stats", response_model=SymbolStats)

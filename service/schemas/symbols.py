@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.schemas.base import Schema
+from service.schemas.base import InputSchema, Schema
 
 
 class SymbolRead(Schema):
@@ -35,3 +36,56 @@ class SymbolStats(BaseModel):
     exchanges: dict[str, int] = Field(description="Rows per exchange.")
     version: int = Field(description="Bumped by every load and delete; 0 before the first.")
     loaded_at: datetime | None = Field(description="When the contract last changed.")
+
+
+# Query strings reach the in-memory index, and the database only on its fallback path; PostgreSQL
+# text cannot hold NUL, so no query string may carry one (stated as a pattern, enforced as one).
+NO_NUL = r"^[^\x00]*$"
+EXPIRY_PATTERN = r"^[0-9]{2}-[A-Za-z]{3}-([0-9]{2}|[0-9]{4})$"
+BROKER_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+MAX_STRIKE = 1e12
+
+
+class OptionPair(BaseModel):
+    strike: float = Field(examples=[24000.0])
+    CE: SymbolRead | None = Field(description="The call at this strike, if listed.")
+    PE: SymbolRead | None = Field(description="The put at this strike, if listed.")
+
+
+class OptionChain(BaseModel):
+    exchange: str = Field(examples=["NFO"])
+    underlying: str = Field(examples=["NIFTY"])
+    expiry: str = Field(examples=["03-DEC-26"])
+    lotsize: int | None
+    tick_size: float | None
+    strikes: list[OptionPair] = Field(description="By strike, lowest first.")
+
+
+DownloadStatusValue = Literal["pending", "downloading", "success", "error"]
+
+
+class DownloadStatus(BaseModel):
+    broker: str = Field(examples=["zerodha"])
+    status: DownloadStatusValue
+    message: str | None
+    is_ready: bool = Field(description="True once this broker's contract loaded successfully.")
+    total_symbols: int = Field(description="Rows in the contract after the last success.")
+    exchange_stats: dict[str, int] = Field(description="Rows per exchange after the last success.")
+    last_download_time: datetime | None
+    download_duration_seconds: float | None
+    download_date: date | None = Field(description="The day (IST) of the last success.")
+    last_updated: datetime
+
+
+class DownloadStatusList(BaseModel):
+    items: list[DownloadStatus]
+    last_downloaded_broker: str | None = Field(
+        description="The broker whose contract loaded most recently: the one loaded now."
+    )
+
+
+class DownloadStatusUpdate(InputSchema):
+    status: Literal["pending", "downloading", "error"] = Field(
+        description="`success` is recorded by `PUT /api/v1/symbols?broker=…` itself."
+    )
+    message: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
