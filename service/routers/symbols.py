@@ -12,6 +12,7 @@ from urllib.parse import quote
 import orjson
 from fastapi import Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import StringConstraints
 
 from service.db import SessionDep
 from service.derivatives import (
@@ -38,7 +39,6 @@ from service.schemas.symbols import (
     BROKER_PATTERN,
     EXPIRY_PATTERN,
     MAX_STRIKE,
-    NO_NUL,
     DownloadStatus,
     DownloadStatusList,
     DownloadStatusUpdate,
@@ -47,6 +47,7 @@ from service.schemas.symbols import (
     SymbolRead,
     SymbolStats,
 )
+from service.schemas.types import NUL_FREE, NUL_FREE_NOT_BLANK
 from service.state import AppState, IndexDep, StateDep
 from service.symbol_index import fold, instrument_types, search_terms
 
@@ -75,8 +76,12 @@ _UPLOAD = {
     }
 }
 
+# One exchange of a repeatable ?exchange=: not blank, NUL-free, as long as the column allows.
+ExchangeItem = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=NUL_FREE_NOT_BLANK)
+]
 ExchangesQuery = Annotated[
-    list[str] | None,
+    list[ExchangeItem] | None,
     Query(description="Repeatable. Limit the operation to these exchanges.", min_length=1),
 ]
 
@@ -89,21 +94,18 @@ def _json(body: Any) -> Response:
 def _exchanges(values: list[str] | None) -> frozenset[str] | None:
     if values is None:
         return None
-    cleaned = frozenset(v.strip() for v in values)
-    if "" in cleaned:
-        raise ValidationFailed.field(["query", "exchange"], "must not be empty")
-    return cleaned
+    return frozenset(v.strip() for v in values)
 
 
 ExchangeQuery = Annotated[
     str | None,
-    Query(description="Only this exchange's rows.", max_length=64, pattern=NO_NUL,
+    Query(description="Only this exchange's rows.", max_length=64, pattern=NUL_FREE,
           examples=["NFO"]),
 ]  # fmt: skip
 UnderlyingQuery = Annotated[
     str | None,
     Query(description="The underlying (the rows' `name`), case-insensitive.", max_length=128,
-          pattern=NO_NUL, examples=["NIFTY"]),
+          pattern=NUL_FREE, examples=["NIFTY"]),
 ]  # fmt: skip
 InstrumentTypeQuery = Annotated[
     str | None,
@@ -111,7 +113,7 @@ InstrumentTypeQuery = Annotated[
         description="An instrument type (`FUT`, `CE`, `PE`, `PERPFUT`, `EQ`, ...), or a group:"
         " `options` (CE and PE) or `futures` (FUT and PERPFUT). Case-insensitive.",
         max_length=32,
-        pattern=NO_NUL,
+        pattern=NUL_FREE,
         examples=["options"],
     ),
 ]
@@ -200,7 +202,7 @@ async def search_symbols(
         Query(
             description="Whitespace-separated terms; each must match.",
             max_length=256,
-            pattern=NO_NUL,
+            pattern=NUL_FREE,
             examples=["nifty 24000 ce"],
         ),
     ] = None,
@@ -265,7 +267,7 @@ async def list_expiries(
         Query(
             description="The underlying, case-insensitive.",
             max_length=128,
-            pattern=NO_NUL,
+            pattern=NUL_FREE,
             examples=["NIFTY"],
         ),
     ] = None,
@@ -310,10 +312,12 @@ async def list_underlyings(
 async def get_option_chain(
     index: IndexDep,
     today: TodayDep,
-    exchange: Annotated[str, Query(max_length=64, pattern=NO_NUL, examples=["NFO"])],
+    exchange: Annotated[str, Query(max_length=64, pattern=NUL_FREE, examples=["NFO"])],
     underlying: Annotated[
         str,
-        Query(description="Case-insensitive.", max_length=128, pattern=NO_NUL, examples=["NIFTY"]),
+        Query(
+            description="Case-insensitive.", max_length=128, pattern=NUL_FREE, examples=["NIFTY"]
+        ),
     ],
     expiry: Annotated[
         str | None,

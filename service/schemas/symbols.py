@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from service.schemas.base import InputSchema, Schema
+from service.schemas.types import NUL_FREE
 
 
 class SymbolRead(Schema):
@@ -38,9 +39,6 @@ class SymbolStats(BaseModel):
     loaded_at: datetime | None = Field(description="When the contract last changed.")
 
 
-# Query strings reach the in-memory index, and the database only on its fallback path; PostgreSQL
-# text cannot hold NUL, so no query string may carry one (stated as a pattern, enforced as one).
-NO_NUL = r"^[^\x00]*$"
 EXPIRY_PATTERN = r"^[0-9]{2}-[A-Za-z]{3}-([0-9]{2}|[0-9]{4})$"
 BROKER_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
 MAX_STRIKE = 1e12
@@ -88,4 +86,4 @@ class DownloadStatusUpdate(InputSchema):
     status: Literal["pending", "downloading", "error"] = Field(
         description="`success` is recorded by `PUT /api/v1/symbols?broker=…` itself."
     )
-    message: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+    message: str | None = Field(default=None, max_length=2000, pattern=NUL_FREE)

@@ -7,12 +7,15 @@ from typing import Annotated, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from service.schemas.base import InputSchema
-from service.schemas.types import INT64_LIMIT, NUL_FREE_NOT_BLANK, text
+from service.schemas.types import NUL_FREE_NOT_BLANK, text
 
 MAX_BATCH = 1000
 KEYS = ("symbol", "token", "brsymbol")
 # Longer than any symbol, token or exchange of a broker's master contract.
 LOOKUP_LENGTH = 255
+# The largest token taken as a JSON integer: more digits than any broker's token has, and exact
+# as the float the OpenAPI document writes its bounds as (2^63 is not, in every validator).
+MAX_INTEGER_TOKEN = 10**15 - 1
 
 
 def _digits(value: object) -> object:
@@ -20,7 +23,7 @@ def _digits(value: object) -> object:
     # is taken as its digits.
     if type(value) is float and value.is_integer():
         value = int(value)
-    return str(value) if type(value) is int and 0 <= value < INT64_LIMIT else value
+    return str(value) if type(value) is int and 0 <= value <= MAX_INTEGER_TOKEN else value
 
 
 Token = Annotated[
@@ -36,7 +39,7 @@ Token = Annotated[
                     "maxLength": LOOKUP_LENGTH,
                     "pattern": NUL_FREE_NOT_BLANK,
                 },
-                {"type": "integer", "minimum": 0, "exclusiveMaximum": INT64_LIMIT},
+                {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER_TOKEN},
             ],
             "examples": ["2885"],
         }
