@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Query, status
+from fastapi import Path, Query, status
 from starlette.convertors import Convertor, register_url_convertor
 
 from service import accounts
@@ -135,6 +135,11 @@ class ApiKeyOwner(Convertor[str]):
 
 
 register_url_convertor("api_key_owner", ApiKeyOwner())
+# The same rule in the OpenAPI document, so a client (or a fuzzer) knows `verify` is no user_id:
+# the convertor enforces it (and the middleware the NUL), pydantic's regex has no look-ahead.
+ApiKeyUserId = Annotated[
+    str, Path(max_length=80, json_schema_extra={"pattern": r"^(?!verify$)[^\x00]*$"})
+]
 
 
 @router.post(
@@ -181,7 +186,7 @@ async def verify_api_key(
     **SECRETS,  # type: ignore[arg-type]
 )
 async def put_api_key(
-    user_id: Username, body: ApiKeyPut, session: SessionDep, state: StateDep
+    user_id: ApiKeyUserId, body: ApiKeyPut, session: SessionDep, state: StateDep
 ) -> ApiKeyRead:
     """Set a user's API key (generated when omitted); the earlier key stops verifying at once.
 
@@ -201,7 +206,7 @@ async def put_api_key(
     responses=problems(404, 409),
     **SECRETS,  # type: ignore[arg-type]
 )
-async def get_api_key(user_id: Username, session: SessionDep, state: StateDep) -> ApiKeyRead:
+async def get_api_key(user_id: ApiKeyUserId, session: SessionDep, state: StateDep) -> ApiKeyRead:
     """Read a user's API key in plaintext."""
     row, plaintext = await api_keys_repo.get_api_key(session, state.keyring, user_id)
     return _key_read(row, plaintext)
@@ -212,7 +217,7 @@ async def get_api_key(user_id: Username, session: SessionDep, state: StateDep) -
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(404),
 )
-async def delete_api_key(user_id: Username, session: SessionDep) -> None:
+async def delete_api_key(user_id: ApiKeyUserId, session: SessionDep) -> None:
     """Delete a user's API key; it stops verifying at once."""
     await api_keys_repo.delete_api_key(session, user_id)
 
@@ -223,7 +228,7 @@ async def delete_api_key(user_id: Username, session: SessionDep) -> None:
     responses=problems(400, 404, 415),
 )
 async def set_order_mode(
-    user_id: Username, body: OrderModeUpdate, session: SessionDep
+    user_id: ApiKeyUserId, body: OrderModeUpdate, session: SessionDep
 ) -> ApiKeyInfo:
     """Set the order mode of a user's API key."""
     row = await api_keys_repo.set_order_mode(session, user_id, body.order_mode)
