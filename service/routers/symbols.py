@@ -80,9 +80,13 @@ _UPLOAD = {
 ExchangeItem = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=NUL_FREE_NOT_BLANK)
 ]
+# A list, never null, in the schema: absent is every exchange.
 ExchangesQuery = Annotated[
-    list[ExchangeItem] | None,
-    Query(description="Repeatable. Limit the operation to these exchanges.", min_length=1),
+    list[ExchangeItem],
+    Query(
+        description="Repeatable. Limit the operation to these exchanges (absent: all of them).",
+        default_factory=list,
+    ),
 ]
 
 
@@ -91,8 +95,8 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _exchanges(values: list[str] | None) -> frozenset[str] | None:
-    if values is None:
+def _exchanges(values: list[str]) -> frozenset[str] | None:
+    if not values:
         return None
     return frozenset(v.strip() for v in values)
 
@@ -137,7 +141,7 @@ async def load_symbols(
     request: Request,
     state: StateDep,
     today: TodayDep,
-    exchange: ExchangesQuery = None,
+    exchange: ExchangesQuery,
     broker: Annotated[
         str | None,
         Query(
@@ -428,7 +432,7 @@ async def get_symbol(exchange: str, symbol: str, index: IndexDep) -> Response:
 
 @router.delete("", response_model=Deleted)
 async def delete_symbols(
-    session: SessionDep, state: StateDep, exchange: ExchangesQuery = None
+    session: SessionDep, state: StateDep, exchange: ExchangesQuery
 ) -> Deleted:
     """Delete the rows of `exchange`s (every row when none is given)."""
     deleted = await symbols_repo.delete_symbols(session, sorted(_exchanges(exchange) or ()))
