@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import multiprocessing
+import multiprocessing.util
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from service import migrate
@@ -16,7 +19,7 @@ from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker
 from service.errors import add_exception_handlers
 from service.logs import configure_logging
-from service.metrics import Metrics, cache_metrics, pool_metrics
+from service.metrics import SYNC_INTERVAL_S, Metrics, cache_metrics, pool_metrics
 from service.middleware import ServiceMiddleware
 from service.openapi import build_openapi
 from service.retry import ReplayOnSerializationFailure
@@ -69,7 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.migration_head = migrate.head_revision()
         metrics.add_collector(lambda: pool_metrics(engine.pool))
         metrics.add_collector(lambda: cache_metrics(state.caches))
+        event.listen(engine.sync_engine, "connect", _counting(metrics))
         async with AsyncExitStack() as stack:
+            if metrics.multiprocess_dir is not None:
+                stack.callback(metrics.worker_exited)
+                sync = asyncio.create_task(_sync_metrics(metrics))
+                stack.push_async_callback(_cancelled, sync)
             # Left in reverse: warm-up tasks stop, the writers flush, the listener stops, and the
             # engine goes last.
             stack.push_async_callback(engine.dispose)
@@ -110,6 +118,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _counting(metrics: Metrics) -> Callable[..., None]:
+    def count_connection(*_: object) -> None:
+        metrics.connections_opened.inc()
+
+    return count_connection
+
+
+async def _sync_metrics(metrics: Metrics) -> None:
+    """Keep this worker's live gauges in the shared files fresh for scrapes others answer."""
+    while True:
+        metrics.sync()
+        await asyncio.sleep(SYNC_INTERVAL_S)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _prepare(state: AppState, stack: AsyncExitStack, head: str | None) -> bool:
     """Check the schema (migrating the embedded SQLite default) and warm the runtime.
 
@@ -144,7 +171,11 @@ async def _prepare_until_ready(state: AppState, stack: AsyncExitStack, head: str
 
 def app_from_env() -> FastAPI:
     settings = get_settings()
-    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    writer = configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    if multiprocessing.parent_process() is not None:
+        # A uvicorn worker: multiprocessing ends it with os._exit, which skips atexit, so the
+        # writer would drop its last lines ("Finished server process"); its finalizers do run.
+        multiprocessing.util.Finalize(None, writer.stop, exitpriority=0)
     return create_app(settings)
 
 
