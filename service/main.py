@@ -103,7 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     add_exception_handlers(app)
-    app.include_router(health.router)
+    # Flat, as the /api/v1 routes are: an included router is matched through a nested router.
+    app.router.routes.extend(health.router.routes)
     app.router.routes.extend(API_ROUTES)
     # Inside ServiceMiddleware: a replayed request is not authenticated or counted twice.
     app.add_middleware(ReplayOnSerializationFailure)
