@@ -61,10 +61,10 @@ async def _bursts(client: httpx.AsyncClient, strategy: dict[str, Any], count: in
 def test_pool_defaults_cover_steady_load() -> None:
     for url in ("postgresql://u@h/db", "sqlite:///./x.db"):
         settings = load_settings(DatabaseSettings, DATABASE_URL=url, _env_file=None)
-        assert (settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW) == (20, 10)
+        assert (settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW) == (32, 8)
         engine = make_engine(settings)
         pool: Any = engine.pool
-        assert (pool.size(), pool._max_overflow) == (20, 10)
+        assert (pool.size(), pool._max_overflow) == (32, 8)
 
 
 async def test_steady_load_below_the_pool_size_opens_no_connection(
