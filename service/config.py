@@ -25,6 +25,9 @@ class ServiceToken:
         return f"ServiceToken(name={self.name!r}, scopes={sorted(self.scopes)!r})"
 
 
+# Connections an instance keeps for its steady load (DB_POOL_SIZE when unset, for all workers).
+DEFAULT_POOL_SIZE = 32
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -36,12 +39,13 @@ class DatabaseSettings(BaseSettings):
     )
 
     DATABASE_URL: str = "sqlite+aiosqlite:///./algoways.db"
-    # Sized for the concurrency one worker process serves, so steady load never needs an
-    # overflow connection: SQLAlchemy closes those at check-in, and the next burst pays a new
-    # backend (a fork on PostgreSQL) for each. Measured: 20 still churned ~25 connections/s under
-    # 32 concurrent uncached reads; 32 opened none. Overflow is for bursts only. Per worker: with
-    # WORKERS=2 up to 2 x 40 connections (PostgreSQL's default max_connections is 100).
-    DB_POOL_SIZE: int = Field(32, ge=1)
+    # Sized for the concurrency one instance serves, so steady load never needs an overflow
+    # connection: SQLAlchemy closes those at check-in, and the next burst pays a new backend (a
+    # fork on PostgreSQL) for each. Measured: 20 still churned ~25 connections/s under 32
+    # concurrent uncached reads; 32 opened none in 60 s. Overflow is for bursts only. Per worker
+    # process; left unset, the 32 are shared out among WORKERS (Settings below), so an instance
+    # keeps about the same number of connections open whatever its worker count.
+    DB_POOL_SIZE: int = Field(DEFAULT_POOL_SIZE, ge=1)
     DB_MAX_OVERFLOW: int = Field(8, ge=0)
     DB_POOL_TIMEOUT: float = Field(5.0, gt=0)
     DB_POOL_RECYCLE: int = Field(1800, ge=-1)
@@ -165,6 +169,13 @@ class Settings(DatabaseSettings):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
         return tuple(networks)
+
+    @model_validator(mode="after")
+    def _pool_per_worker(self) -> Settings:
+        if "DB_POOL_SIZE" not in self.model_fields_set and self.WORKERS > 1:
+            # frozen model: set during validation, before anyone has read it
+            self.__dict__["DB_POOL_SIZE"] = max(-(-DEFAULT_POOL_SIZE // self.WORKERS), 4)
+        return self
 
     @model_validator(mode="after")
     def _previous_keys_pair(self) -> Settings:

@@ -14,6 +14,7 @@ import httpx
 from service.config import DatabaseSettings, load_settings
 from service.db import make_engine
 from tests.conftest import ClientFactory
+from tests.support import make_settings
 
 _OPENED = re.compile(r"^algoways_db_connections_opened_total ([0-9.e+]+)$", re.M)
 CONCURRENCY = 8  # below the default pool size
@@ -65,6 +66,14 @@ def test_pool_defaults_cover_steady_load() -> None:
         engine = make_engine(settings)
         pool: Any = engine.pool
         assert (pool.size(), pool._max_overflow) == (32, 8)
+
+
+def test_an_unset_pool_size_is_shared_out_among_the_workers() -> None:
+    assert make_settings("postgresql://u@h/db", WORKERS=2).DB_POOL_SIZE == 16
+    assert make_settings("postgresql://u@h/db", WORKERS=3).DB_POOL_SIZE == 11
+    assert make_settings("postgresql://u@h/db", WORKERS=64).DB_POOL_SIZE == 4
+    # Set explicitly, it is each worker's.
+    assert make_settings("postgresql://u@h/db", WORKERS=2, DB_POOL_SIZE=20).DB_POOL_SIZE == 20
 
 
 async def test_steady_load_below_the_pool_size_opens_no_connection(
