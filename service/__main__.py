@@ -27,12 +27,6 @@ def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
     handler in place that would kill a cleanly drained process with -15 instead of exit 0."""
 
 
-if __name__ == "__mp_main__":
-    # A uvicorn worker process (spawned, it imports this module under that name): the same
-    # clean exit after its drain.
-    signal.signal(signal.SIGTERM, _ignore_signal)
-
-
 def _workers(settings: Settings) -> int:
     if settings.WORKERS > 1 and settings.backend == "sqlite":
         logger.warning(
@@ -46,18 +40,23 @@ def _workers(settings: Settings) -> int:
 
 
 @contextmanager
-def _multiprocess_metrics(workers: int) -> Iterator[None]:
+def _worker_environment(workers: int) -> Iterator[None]:
     """With several workers, a directory where each keeps its metric values, so /metrics from
-    any of them reports all (prometheus-client's multiprocess mode); removed at exit."""
+    any of them reports all (prometheus-client's multiprocess mode), removed at exit; and the
+    mark by which a worker knows to exit 0 after its drain (service/server.py)."""
     if workers == 1:
         yield
         return
+    from service.server import WORKER_ENV
+
     with tempfile.TemporaryDirectory(prefix="algoways-metrics-") as path:
         os.environ[MULTIPROCESS_ENV] = path
+        os.environ[WORKER_ENV] = "1"
         try:
             yield
         finally:
             os.environ.pop(MULTIPROCESS_ENV, None)
+            os.environ.pop(WORKER_ENV, None)
 
 
 def _serve() -> None:
@@ -73,7 +72,7 @@ def _serve() -> None:
     if workers == 1:
         writer.stop()  # the app factory sets logging up again in this process
     signal.signal(signal.SIGTERM, _ignore_signal)
-    with _multiprocess_metrics(workers):
+    with _worker_environment(workers):
         uvicorn.run(
             "service.main:app_from_env",
             factory=True,

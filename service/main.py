@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import multiprocessing.util
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -172,11 +170,7 @@ async def _prepare_until_ready(state: AppState, stack: AsyncExitStack, head: str
 
 def app_from_env() -> FastAPI:
     settings = get_settings()
-    writer = configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    if multiprocessing.parent_process() is not None:
-        # A uvicorn worker: multiprocessing ends it with os._exit, which skips atexit, so the
-        # writer would drop its last lines ("Finished server process"); its finalizers do run.
-        multiprocessing.util.Finalize(None, writer.stop, exitpriority=0)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     return create_app(settings)
 
 
