@@ -526,7 +526,7 @@ def _loadavg() -> str:
 def _uvicorn_options(env: dict[str, str]) -> str:
     """The options the service passes to uvicorn.run, as bench/serve.py reads them."""
     probe = subprocess.run(
-        [sys.executable, "-c", "from bench.serve import service_uvicorn_options as o; print(o())"],
+        [sys.executable, "-c", "from bench.serve import printable_options as o; print(o())"],
         cwd=ROOT,
         env={**os.environ, **env, "PORT": "1"},
         capture_output=True,

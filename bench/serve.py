@@ -42,6 +42,18 @@ def service_uvicorn_options() -> dict[str, Any]:
     return captured
 
 
+def printable_options() -> dict[str, Any]:
+    """The service's uvicorn options with classes (the http protocol) named, for the report."""
+    return {
+        key: value if isinstance(value, str | int | float | bool | None) else _name(value)
+        for key, value in service_uvicorn_options().items()
+    }
+
+
+def _name(value: Any) -> str:
+    return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
     parser.add_argument("target", choices=sorted(TARGETS))

@@ -4,27 +4,86 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
-from service.config import ConfigError, DatabaseSettings, get_settings, load_settings
+from service.config import ConfigError, DatabaseSettings, Settings, get_settings, load_settings
+
+# prometheus-client's switch to multiprocess mode (read when a worker imports it).
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+logger = logging.getLogger("service")
+
+
+def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
+    """Stand-in SIGTERM handler: uvicorn installs its own while it serves and, once it has shut
+    down gracefully, restores this one and re-raises the signal it stopped on; with the default
+    handler in place that would kill a cleanly drained process with -15 instead of exit 0."""
+
+
+def _workers(settings: Settings) -> int:
+    if settings.WORKERS > 1 and settings.backend == "sqlite":
+        logger.warning(
+            "WORKERS=%d asked for, serving with 1: on SQLite the writers of several processes "
+            "would only queue on one file lock, and the caches of one process would not see the "
+            "writes of another (no cross-process invalidation without PostgreSQL)",
+            settings.WORKERS,
+        )
+        return 1
+    return settings.WORKERS
+
+
+@contextmanager
+def _worker_environment(workers: int) -> Iterator[None]:
+    """With several workers, a directory where each keeps its metric values, so /metrics from
+    any of them reports all (prometheus-client's multiprocess mode), removed at exit; and the
+    mark by which a worker knows to exit 0 after its drain (service/server.py)."""
+    if workers == 1:
+        yield
+        return
+    from service.server import WORKER_ENV
+
+    with tempfile.TemporaryDirectory(prefix="algoways-metrics-") as path:
+        os.environ[MULTIPROCESS_ENV] = path
+        os.environ[WORKER_ENV] = "1"
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+            os.environ.pop(WORKER_ENV, None)
 
 
 def _serve() -> None:
     import uvicorn
 
+    from service.logs import configure_logging
     from service.server import LimitedHttpToolsProtocol
 
     settings = get_settings()
-    uvicorn.run(
-        "service.main:app_from_env",
-        factory=True,
-        host=settings.HOST,
-        port=settings.PORT,
-        http=LimitedHttpToolsProtocol,
-        log_config=None,
-        proxy_headers=True,
-        timeout_graceful_shutdown=30,
-    )
+    # The supervisor's own lines (and the one-worker notice); each worker configures its own.
+    writer = configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    workers = _workers(settings)
+    if workers == 1:
+        writer.stop()  # the app factory sets logging up again in this process
+    signal.signal(signal.SIGTERM, _ignore_signal)
+    with _worker_environment(workers):
+        uvicorn.run(
+            "service.main:app_from_env",
+            factory=True,
+            host=settings.HOST,
+            port=settings.PORT,
+            http=LimitedHttpToolsProtocol,
+            log_config=None,
+            proxy_headers=True,
+            timeout_graceful_shutdown=30,
+            workers=workers,
+        )
 
 
 async def _migrate() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from service import migrate
@@ -16,7 +17,7 @@ from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker
 from service.errors import add_exception_handlers
 from service.logs import configure_logging
-from service.metrics import Metrics, cache_metrics, pool_metrics
+from service.metrics import SYNC_INTERVAL_S, Metrics, cache_metrics, pool_metrics
 from service.middleware import ServiceMiddleware
 from service.openapi import build_openapi
 from service.retry import ReplayOnSerializationFailure
@@ -69,7 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.migration_head = migrate.head_revision()
         metrics.add_collector(lambda: pool_metrics(engine.pool))
         metrics.add_collector(lambda: cache_metrics(state.caches))
+        event.listen(engine.sync_engine, "connect", _counting(metrics))
         async with AsyncExitStack() as stack:
+            if metrics.multiprocess_dir is not None:
+                stack.callback(metrics.worker_exited)
+                sync = asyncio.create_task(_sync_metrics(metrics))
+                stack.push_async_callback(_cancelled, sync)
             # Left in reverse: warm-up tasks stop, the writers flush, the listener stops, and the
             # engine goes last.
             stack.push_async_callback(engine.dispose)
@@ -95,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     add_exception_handlers(app)
-    app.include_router(health.router)
+    # Flat, as the /api/v1 routes are: an included router is matched through a nested router.
+    app.router.routes.extend(health.router.routes)
     app.router.routes.extend(API_ROUTES)
     # Inside ServiceMiddleware: a replayed request is not authenticated or counted twice.
     app.add_middleware(ReplayOnSerializationFailure)
@@ -108,6 +115,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _counting(metrics: Metrics) -> Callable[..., None]:
+    def count_connection(*_: object) -> None:
+        metrics.connections_opened.inc()
+
+    return count_connection
+
+
+async def _sync_metrics(metrics: Metrics) -> None:
+    """Keep this worker's live gauges in the shared files fresh for scrapes others answer."""
+    while True:
+        metrics.sync()
+        await asyncio.sleep(SYNC_INTERVAL_S)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _prepare(state: AppState, stack: AsyncExitStack, head: str | None) -> bool:

@@ -14,6 +14,9 @@ Only the httptools protocol (uvicorn's default when httptools is installed) is e
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -23,6 +26,22 @@ from uvicorn.server import ServerState
 
 from service.config import get_settings
 from service.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+
+
+def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM's handler outside uvicorn's own (see below)."""
+
+
+# Set by `python -m service serve` for the worker processes it has uvicorn spawn.
+WORKER_ENV = "ALGOWAYS_SERVE_WORKER"
+
+if os.environ.get(WORKER_ENV) == "1":
+    # A uvicorn worker of `WORKERS` > 1 (a spawned process): it imports this module when it
+    # unpickles its config, before uvicorn installs its signal handlers. Once uvicorn has drained
+    # and shut down it restores the handler it found and re-raises the SIGTERM it stopped on;
+    # with the default handler that kills the worker (-15) before its exit writes its last log
+    # lines. (`python -m service serve` does the same for a single process.)
+    signal.signal(signal.SIGTERM, _ignore_signal)
 
 # Bytes of a header line beyond name and value: ": " and CRLF.
 _HEADER_FRAMING = 4

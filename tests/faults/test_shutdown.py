@@ -111,9 +111,7 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_pending_rows(
     output = service.output()
     assert [r.status_code for r in responses] == [201] * IN_FLIGHT, output
     assert [r.json() for r in responses] == [{"count": ROWS_PER_REQUEST}] * IN_FLIGHT
-    # 0 once service/__main__.py keeps uvicorn from re-raising SIGTERM after a graceful stop
-    # (see test_sigterm_exits_0); a signal death after a clean drain is what is left until then.
-    assert exit_code in (0, -signal.SIGTERM), output
+    assert exit_code == 0, output
     assert elapsed <= GRACEFUL_TIMEOUT_S + 3
     assert "Traceback" not in output, output
     assert "Finished server process" in output
@@ -121,11 +119,6 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_pending_rows(
     assert await _stored_markers(backend_url) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/__main__.py: uvicorn re-raises the SIGTERM it stopped on once it has shut "
-    "down, so the process dies of the signal (-15) after a clean drain",
-)
 @pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
 async def test_sigterm_exits_0(service: ServiceProcess) -> None:
     service.start()
