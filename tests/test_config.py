@@ -30,7 +30,7 @@ class TestParsing:
     def test_defaults(self):
         settings = _load()
         assert settings.DATABASE_URL == "sqlite+aiosqlite:///./algoways.db"
-        assert (settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW) == (10, 20)
+        assert (settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW) == (32, 8)
         assert (settings.DB_POOL_TIMEOUT, settings.DB_POOL_RECYCLE) == (5, 1800)
         assert settings.DB_POOL_PRE_PING is True
         assert (settings.LOG_LEVEL, settings.LOG_FORMAT) == ("INFO", "text")

@@ -431,9 +431,7 @@ async def get_symbol(exchange: str, symbol: str, index: IndexDep) -> Response:
 
 
 @router.delete("", response_model=Deleted)
-async def delete_symbols(
-    session: SessionDep, state: StateDep, exchange: ExchangesQuery
-) -> Deleted:
+async def delete_symbols(session: SessionDep, state: StateDep, exchange: ExchangesQuery) -> Deleted:
     """Delete the rows of `exchange`s (every row when none is given)."""
     deleted = await symbols_repo.delete_symbols(session, sorted(_exchanges(exchange) or ()))
     await session.commit()  # as for a load: answer once this instance's index has caught up
