@@ -289,23 +289,20 @@ AS_USER_ID = {"user_id": "$response.body#/username"}
 
 
 def _strategy_links(base: str, kind: str) -> list[Link]:
-    """A strategy kind (webhook or Chartink) and its symbol mappings, under `base`."""
+    """A strategy kind (webhook or Chartink) and its symbol mappings, under `base`.
+
+    No link leads to the by-webhook read: it is the same resource as `{strategy_id}` under
+    another path, so a stateful run that deleted it through `{strategy_id}` would take the
+    by-webhook 404 for a created resource gone missing.
+    """
     one, symbols = f"{base}/{{strategy_id}}", f"{base}/{{strategy_id}}/symbols"
     created = {"strategy_id": "$response.body#/id"}
     same = {"strategy_id": "$request.path.strategy_id"}
     mapping = {**same, "mapping_id": "$response.body#/items/0/id"}
-    webhook = {"webhook_id": "$response.body#/webhook_id"}
     return [
         Link(f"POST {base}", 201, f"Get{kind}Strategy", f"GET {one}", created),
         Link(f"POST {base}", 201, f"Update{kind}Strategy", f"PATCH {one}", created),
         Link(f"POST {base}", 201, f"Delete{kind}Strategy", f"DELETE {one}", created),
-        Link(
-            f"POST {base}",
-            201,
-            f"Get{kind}ByWebhook",
-            f"GET {base}/by-webhook/{{webhook_id}}",
-            webhook,
-        ),
         Link(f"POST {base}", 201, f"List{kind}Symbols", f"GET {symbols}", created),
         Link(f"POST {base}", 201, f"Add{kind}Symbols", f"POST {symbols}", created),
         Link(f"POST {symbols}", 201, f"List{kind}Symbols", f"GET {symbols}", same),
