@@ -14,7 +14,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import BigInteger, Select, and_, literal, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from service.errors import ValidationFailed
@@ -80,7 +80,10 @@ def keyset(
         last_at, last_id = decode_cursor(cursor)
         # Expanded row-value comparison: (at, id) < (last_at, last_id), which both backends
         # answer from the (at, id) index.
-        query = query.where(or_(at < last_at, and_(at == last_at, row_id < last_id)))
+        # The id is bound as a 64-bit integer: a cursor's id may exceed a 32-bit id column (no
+        # row has it, and every row's id is below it), which the driver could not encode.
+        bound_id = literal(last_id, BigInteger)
+        query = query.where(or_(at < last_at, and_(at == last_at, row_id < bound_id)))
     return query.order_by(at.desc(), row_id.desc()).limit(limit + 1)
 
 

@@ -462,6 +462,18 @@ class TestLoginAttempts:
                 break
         assert seen == list(range(25, 0, -1))
 
+    async def test_a_cursor_id_past_the_32_bit_id_column_reads_the_rows_at_its_time(
+        self, client, db
+    ):
+        """Any cursor of the documented shape is a position: one whose id no 32-bit id column
+        can hold still pages (it lies after every row sharing its time), never a 422 or 500."""
+        await self._arrange(db, 4)  # two rows at 00:00:00, two at 00:00:01
+        at = int(datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC).timestamp() * 1_000_000)
+        cursor = f"{at}_{2**40}"
+        response = await client.get("/api/v1/auth/login-attempts", params={"cursor": cursor})
+        assert response.status_code == 200, response.text
+        assert [item["id"] for item in response.json()["items"]] == [4, 3, 2, 1]
+
     async def test_filters(self, client, db):
         await self._arrange(db, 12)
         failed = await client.get("/api/v1/auth/login-attempts", params={"status": "failed"})
