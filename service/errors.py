@@ -340,7 +340,10 @@ def classify_database_error(error: BaseException) -> DatabaseErrorInfo | None:
             )
             return DatabaseErrorInfo(failure, type(cause).__name__)
     for cause in causes:
-        if isinstance(cause, OSError | TimeoutError | asyncpg.InterfaceError):
+        # InternalClientError: asyncpg's protocol left mid-operation by a cut connection.
+        if isinstance(
+            cause, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
+        ):
             return DatabaseErrorInfo(DatabaseFailure.UNAVAILABLE, type(cause).__name__)
         # SQLite's driver refuses an integer past 64 bits before SQLAlchemy sees an error.
         if isinstance(cause, OverflowError):
@@ -357,6 +360,7 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.SQLAlchemyError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     sqlite3.Error,
     OSError,
     OverflowError,

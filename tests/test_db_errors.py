@@ -8,6 +8,7 @@ import logging
 import re
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import exc as sa_exc
@@ -156,6 +157,18 @@ class TestClassification:
         lost = sa_exc.OperationalError("SELECT 1", {}, ConnectionResetError("reset by peer"))
         for error in (pool, lost, TimeoutError(), ConnectionRefusedError()):
             assert classify_database_error(error).failure is DatabaseFailure.UNAVAILABLE
+
+    def test_a_driver_stuck_after_a_cut_connection_is_unavailable(self):
+        # What asyncpg raised in the outage fault test: a COPY on a connection whose previous
+        # operation was cut off by the server's fast shutdown.
+        stuck = asyncpg.InternalClientError(
+            "cannot switch to state 21; another operation (2) is in progress"
+        )
+        wrapped = sa_exc.InternalError("COPY", {}, stuck)
+        for error in (stuck, wrapped):
+            info = classify_database_error(error)
+            assert info.failure is DatabaseFailure.UNAVAILABLE
+            assert info.code == "InternalClientError"
 
     @pytest.mark.postgres_only
     @pytest.mark.parametrize("code", ["40001", "40P01"])

@@ -101,11 +101,14 @@ async def _copy(session: AsyncSession, table: Table, rows: list[Row]) -> None:
         )
     except (
         asyncpg.InterfaceError,
+        asyncpg.InternalClientError,  # the protocol stuck after a connection cut mid-operation
         asyncpg.PostgresConnectionError,
         asyncpg.exceptions.OperatorInterventionError,
         OSError,
         TimeoutError,
     ) as error:
+        # A COPY cut off part-way leaves the connection unusable: never hand it back to the pool.
+        await connection.invalidate(error)
         raise DatabaseUnavailable() from error
 
 
