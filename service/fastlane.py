@@ -17,8 +17,9 @@ id, metrics, access log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -26,20 +27,29 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import AppError, internal_error
+from service.group_commit import GroupCommitWriter
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.middleware import JSON_TYPE, request_id_of, served
+from service.repositories import logs as logs_repo
 from service.repositories.settings import cached_settings
 from service.routers.health import LIVE_BODY
+from service.runtime import Writers
 from service.runtime.api_keys import verification
 from service.runtime.webhooks import WebhookLookup
 from service.schemas.auth import ApiKeyVerify
-from service.schemas.traffic import IPAddress
+from service.schemas.latency import LatencyCreate
+from service.schemas.logs import ApiLogCreate, Batch
+from service.schemas.traffic import IPAddress, TrafficLogCreate
 from service.security import Principal, TokenAuthenticator
 from service.state import AppState
 
-# (state, principal, query string, path parameter, body) -> the 200 answer, or None: not here.
-Handler = Callable[[AppState, Principal | None, bytes, str, bytes | None], bytes | None]
+# (state, principal, query string, path parameter, body) -> the answer's body, or None: not here.
+# None only before the handler changed anything; past that point it answers or raises AppError.
+Handler = Callable[
+    [AppState, Principal | None, bytes, str, bytes | None], Coroutine[Any, Any, bytes | None]
+]
 
 MAX_QUERY_TEXT = 255  # query_text(255) of the lookup's parameters
 MAX_WEBHOOK_ID = 36  # WebhookId
@@ -53,6 +63,7 @@ class LaneRoute:
     template: str  # the route's path template, the metrics label the full app uses
     scope: str | None  # the token scope it needs; None: no token (health)
     handle: Handler
+    status: int = 200
 
     @property
     def parameterised(self) -> bool:
@@ -73,7 +84,7 @@ def _query(query: bytes, names: frozenset[str]) -> dict[str, str] | None:
 _LOOKUP_PARAMS = frozenset({"exchange", "symbol", "token", "brsymbol"})
 
 
-def token_lookup(
+async def token_lookup(
     state: AppState, _: Principal | None, query: bytes, __: str, ___: bytes | None
 ) -> bytes | None:
     params = _query(query, _LOOKUP_PARAMS)
@@ -94,7 +105,7 @@ def token_lookup(
     return orjson.dumps(index.mapping(i)) if i is not None else None
 
 
-def api_key_verify(
+async def api_key_verify(
     state: AppState, principal: Principal | None, _: bytes, __: str, body: bytes | None
 ) -> bytes | None:
     try:
@@ -115,7 +126,7 @@ _IP = TypeAdapter(IPAddress)
 _NOT_BANNED = b'{"banned":false,"ban":null}'
 
 
-def ban_status(
+async def ban_status(
     state: AppState, _: Principal | None, __: bytes, ip: str, ___: bytes | None
 ) -> bytes | None:
     try:
@@ -129,7 +140,7 @@ def ban_status(
 
 
 def by_webhook(lookup: Callable[[AppState], WebhookLookup]) -> Handler:
-    def handle(
+    async def handle(
         state: AppState, _: Principal | None, __: bytes, webhook_id: str, ___: bytes | None
     ) -> bytes | None:
         if len(webhook_id) > MAX_WEBHOOK_ID:
@@ -139,15 +150,37 @@ def by_webhook(lookup: Callable[[AppState], WebhookLookup]) -> Handler:
     return handle
 
 
-def settings(
+async def settings(
     state: AppState, _: Principal | None, __: bytes, ___: str, ____: bytes | None
 ) -> bytes | None:
     current = cached_settings(state.caches)
     return current.model_dump_json(by_alias=True).encode() if current is not None else None
 
 
-def live(_: AppState, __: Principal | None, ___: bytes, ____: str, _____: bytes | None) -> bytes:
+async def live(
+    _: AppState, __: Principal | None, ___: bytes, ____: str, _____: bytes | None
+) -> bytes:
     return LIVE_BODY
+
+
+def log_write(
+    batch: Batch[Any], writer: Callable[[Writers], GroupCommitWriter], at: str, answer: str
+) -> Handler:
+    """A log route's POST: the route's own body parser, its group-commit writer, its answer
+    (`ids` or `count`), 201 once committed."""
+
+    async def handle(
+        state: AppState, _: Principal | None, __: bytes, ___: str, body: bytes | None
+    ) -> bytes | None:
+        try:
+            items = batch.parse(body or b"")
+        except AppError:
+            return None
+        # Past this point the rows are the writer's: a failure is answered here, never retried.
+        ids = await writer(state.runtime.writers).submit(logs_repo.rows_from(items, at))
+        return orjson.dumps({"ids": ids or []} if answer == "ids" else {"count": len(items)})
+
+    return handle
 
 
 API = "/api/v1"
@@ -177,6 +210,27 @@ ROUTES = (
         by_webhook(lambda state: state.runtime.chartink_webhooks),
     ),
     LaneRoute("GET", f"{API}/settings", f"{API}/settings", "read", settings),
+    *(
+        LaneRoute("POST", f"{API}{path}", f"{API}{path}", "write", handle, status=201)
+        for path, handle in [
+            (
+                "/order-logs",
+                log_write(Batch(ApiLogCreate), lambda w: w.order_logs, "created_at", "ids"),
+            ),
+            (
+                "/analyzer-logs",
+                log_write(Batch(ApiLogCreate), lambda w: w.analyzer_logs, "created_at", "ids"),
+            ),
+            (
+                "/traffic/logs",
+                log_write(Batch(TrafficLogCreate), lambda w: w.traffic_logs, "timestamp", "count"),
+            ),
+            (
+                "/latency",
+                log_write(Batch(LatencyCreate), lambda w: w.latency, "timestamp", "count"),
+            ),
+        ]
+    ),
 )
 
 
@@ -218,9 +272,10 @@ class FastLane:
             return
         started = time.perf_counter()
         path: str = scope["path"]
+        query: bytes = scope["query_string"]
         matched = self._match(scope["method"], path)
         state: AppState | None = getattr(self._app_state, "store", None)
-        if matched is None or state is None or "\x00" in path:
+        if matched is None or state is None or "\x00" in path or b"%00" in query:
             await self.app(scope, receive, send)
             return
         route, tail = matched
@@ -228,7 +283,12 @@ class FastLane:
         principal = None
         if route.scope is not None:
             principal = self._authenticator.authenticate(headers.get(b"authorization"))
-            if principal is None or not principal.has(route.scope) or not state.ready:
+            if (
+                principal is None
+                or not principal.has(route.scope)
+                or not state.ready
+                or b"idempotency-key" in headers  # stored answers are the full app's
+            ):
                 await self.app(scope, receive, send)
                 return
         body: bytes | None = None
@@ -238,30 +298,31 @@ class FastLane:
             if body is None:
                 await self.app(scope, _replaying(received, receive), send)
                 return
-        try:
-            answer = route.handle(state, principal, scope["query_string"], tail, body)
-        except Exception:  # the full app meets it again and answers it the one way errors are
-            answer = None
-        if answer is None:
-            await self.app(scope, _replaying(received, receive), send)
-            return
         request_id, echo = request_id_of(headers)
         token = request_id_var.set(request_id)
         try:
+            try:
+                answer = await route.handle(state, principal, query, tail, body)
+            except Exception as error:  # answered the one way errors are (service/errors.py)
+                failed = error.response() if isinstance(error, AppError) else internal_error(error)
+                failed.raw_headers.append(echo)
+                await failed(scope, receive, send)
+                served(self._metrics, route.template, scope, failed.status_code, started)
+                return
+            if answer is None:  # not this lane's to answer: the full app does it, and counts it
+                await self.app(scope, _replaying(received, receive), send)
+                return
+            headers_out = [
+                (b"content-length", str(len(answer)).encode()),
+                (b"content-type", b"application/json"),
+                echo,
+            ]
             await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-length", str(len(answer)).encode()),
-                        (b"content-type", b"application/json"),
-                        echo,
-                    ],
-                }
+                {"type": "http.response.start", "status": route.status, "headers": headers_out}
             )
             await send({"type": "http.response.body", "body": answer})
+            served(self._metrics, route.template, scope, route.status, started)
         finally:
-            served(self._metrics, route.template, scope, 200, started)
             request_id_var.reset(token)
 
     async def _body(

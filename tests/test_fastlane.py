@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import DatabaseUnavailable
 from service.fastlane import FastLane
 from service.logs import configure_logging
 from tests.contract import put_contract, row
@@ -140,10 +142,12 @@ async def test_api_key_verification(client, db, lanes: Lanes) -> None:
         "broker_token": "active",
         "auth_token": "auth-1",
     }
-    # Bob has no broker token: his plain verification is served, asking for it is a 404.
+    # Bob has no broker token: his plain verification is served, asking for it is the same 404
+    # problem from the lane as from the route.
     assert (await lanes.same("POST", VERIFY, json={"api_key": bob}))[0].status_code == 200
     response, laned = await lanes.same("POST", VERIFY, json={"api_key": bob, "include_auth": True})
-    assert (response.status_code, laned) == (404, False)
+    assert (response.status_code, laned) == (404, True)
+    assert response.json()["type"].endswith("/broker-token-missing")
     # Bodies that are not plain JSON objects go to the route, which says what is wrong.
     for content, headers in [
         (b'{"api_key": NaN}', {"content-type": "application/json"}),
@@ -197,6 +201,61 @@ async def test_webhook_resolution(client, lanes: Lanes, prefix: str) -> None:
         assert response.status_code in (404, 422) and not laned
     assert (await client.patch(f"{prefix}/{created['id']}", json={"name": "B"})).status_code == 200
     assert (await lanes.same("GET", url))[0].json()["name"] == "B"
+
+
+TRAFFIC = {"client_ip": "203.0.113.9", "method": "POST", "path": "/x", "status_code": 200}
+TRAFFIC |= {"duration_ms": 1.5}
+ORDER = {"api_type": "placeorder", "request_data": {"symbol": "RELIANCE"}, "response_data": {}}
+
+
+async def test_log_writes_are_committed_before_their_201(client, db, lanes: Lanes) -> None:
+    for body in (TRAFFIC, [TRAFFIC, {**TRAFFIC, "path": "/y"}]):
+        before = len(lanes.fallbacks)
+        response = await client.post("/api/v1/traffic/logs", json=body)
+        assert len(lanes.fallbacks) == before, "served by the lane"
+        assert (response.status_code, response.json()) == (
+            201,
+            {"count": len(body) if isinstance(body, list) else 1},
+        )
+    async with db.connect() as conn:
+        paths = (await conn.execute(text("SELECT path FROM traffic_logs ORDER BY id"))).scalars()
+        assert list(paths) == ["/x", "/x", "/y"]
+    response = await client.post("/api/v1/order-logs", json=[ORDER, ORDER])
+    assert response.status_code == 201
+    ids = response.json()["ids"]
+    async with db.connect() as conn:
+        stored = (await conn.execute(text("SELECT id FROM order_logs ORDER BY id"))).scalars()
+        assert list(stored) == ids and len(ids) == 2
+    # What the lane cannot take goes to the route, which refuses it the usual way, writing nothing.
+    for body in ({**TRAFFIC, "status_code": 99}, [], {**TRAFFIC, "extra": 1}):
+        response, laned = await lanes.same("POST", "/api/v1/traffic/logs", json=body)
+        assert response.status_code == 422 and not laned, body
+    before = len(lanes.fallbacks)
+    keyed = await client.post(
+        "/api/v1/latency",
+        json={"order_id": "1", "total_latency_ms": 2.0},
+        headers={"Idempotency-Key": "k1"},
+    )
+    assert len(lanes.fallbacks) == before + 1  # keyed writes are the full app's
+    assert keyed.status_code == 201
+    async with db.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM traffic_logs"))).scalar_one()
+        assert count == 3
+
+
+async def test_a_failed_log_write_is_answered_with_the_usual_problem(
+    client, lanes: Lanes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = client.app.state.store.runtime.writers.traffic_logs  # type: ignore[attr-defined]
+
+    async def unavailable(rows: Any) -> None:
+        raise DatabaseUnavailable()
+
+    monkeypatch.setattr(writer, "submit", unavailable)
+    response, laned = await lanes.same("POST", "/api/v1/traffic/logs", json=TRAFFIC)
+    assert laned  # answered by the lane, not tried again by the full app
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert response.json()["type"].endswith("/database-unavailable")
 
 
 async def test_settings_and_liveness(client, lanes: Lanes) -> None:
