@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 from service import migrate
 from service.cache import CacheRegistry, InvalidationBus
 from service.config import Settings, get_settings
-from service.db import make_engine, make_sessionmaker
+from service.db import make_engine, make_sessionmaker, read_engine
 from service.errors import add_exception_handlers
 from service.fastlane import FastLane
 from service.logs import configure_logging
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine=engine,
             sessionmaker=sessionmaker,
             write_sessionmaker=make_sessionmaker(engine, bus, write=True),
+            reads=read_engine(engine),
             bus=bus,
             caches=caches,
             keyring=keyring,
