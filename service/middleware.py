@@ -17,7 +17,7 @@ from service.errors import PayloadTooLarge, Unauthorized, UnsupportedMediaType, 
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.retry import ReplayOnSerializationFailure
-from service.security import TokenAuthenticator
+from service.security import TokenAuthenticator, principal_var
 
 access_log = logging.getLogger("service.access")
 
@@ -81,7 +81,11 @@ class ServiceMiddleware:
                     await problem.response()(scope, receive, send_wrapper)
                 else:
                     limit = self._limit(scope)
-                    await self.app(scope, _limited(receive, limit), send_wrapper)
+                    bound = principal_var.set(scope["principal"])
+                    try:
+                        await self.app(scope, _limited(receive, limit), send_wrapper)
+                    finally:
+                        principal_var.reset(bound)
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(_route_template(scope), scope["method"], status, elapsed)
