@@ -18,7 +18,7 @@ from service.errors import PayloadTooLarge, Unauthorized, UnsupportedMediaType, 
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.retry import ReplayOnSerializationFailure
-from service.security import TokenAuthenticator
+from service.security import TokenAuthenticator, principal_var
 
 access_log = logging.getLogger("service.access")
 _ids = random.Random()  # seeded from the OS once, per process (see os.register_at_fork below)
@@ -77,7 +77,11 @@ class ServiceMiddleware:
                     await problem.response()(scope, receive, send_wrapper)
                 else:
                     limit = self._limit(scope)
-                    await self.app(scope, _limited(receive, limit), send_wrapper)
+                    bound = principal_var.set(scope["principal"])
+                    try:
+                        await self.app(scope, _limited(receive, limit), send_wrapper)
+                    finally:
+                        principal_var.reset(bound)
         finally:
             served(self.metrics, _route_template(scope), scope, status, started)
             request_id_var.reset(token)

@@ -48,6 +48,11 @@ TAGS = [
     {"name": "analyzer-logs", "description": "The log of requests in analyze (dry-run) mode."},
     {"name": "traffic", "description": "Traffic logs, IP bans and suspicious-activity counters."},
     {"name": "latency", "description": "Order round-trip latency samples and their statistics."},
+    {
+        "name": "audit",
+        "description": "Who changed what: users, API keys, broker tokens, settings, bans and the "
+        "master contract, each change recorded in its own transaction, secrets redacted.",
+    },
 ]
 
 # What each generic status means, for the reader of /docs.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from service.routers import (
     analyzer_logs,
+    audit,
     auth,
     chartink,
     latency,
@@ -31,6 +32,7 @@ DOMAINS = (
     analyzer_logs,
     traffic,
     latency,
+    audit,
 )
 
 # Every /api/v1 route, to be mounted flat on the app (see service/routers/base.py).
