@@ -1,0 +1,74 @@
+"""What every table importer shares: the service's database and keys, the legacy keys, the
+report, and whether anything may be written."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TextIO, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from service.config import Settings
+from service.db import short_transaction
+from service.legacy.convert import Skip
+from service.legacy.crypto import LegacyKeys
+from service.legacy.report import Progress, Report
+from service.schemas.types import pattern_message
+from service.security import Keyring
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    keyring: Keyring
+    keys: LegacyKeys
+    report: Report
+    dry_run: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    # Usernames in the service or imported by this run: what broker tokens, API keys and
+    # sessions may belong to (a dry run counts those it would import).
+    users: set[str] = field(default_factory=set)
+
+    @property
+    def write(self) -> bool:
+        return not self.dry_run
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def insert(self, table: Table | type[object]) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ON CONFLICT on both backends."""
+        make = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        return make(table)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[AsyncSession]:
+        """One batch's transaction: a writer's, committed at the end; in a dry run a reader's,
+        for the lookups only."""
+        async with short_transaction(self.sessionmaker, write=self.write) as session:
+            yield session
+
+    def progress(self, name: str, total: int) -> Progress:
+        return Progress(name, total, self.out)
+
+
+def validated(model: type[M], values: dict[str, object]) -> M:
+    """`values` as the API would accept them, or Skip naming the first field it would refuse."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "row"
+        message = pattern_message(first) or str(first["msg"]).removeprefix("Value error, ")
+        raise Skip(f"{where}: {message}") from None
