@@ -38,6 +38,9 @@ class Context:
     # Usernames in the service or imported by this run: what broker tokens, API keys and
     # sessions may belong to (a dry run counts those it would import).
     users: set[str] = field(default_factory=set)
+    # In a dry run, the webhook ids of strategies it would import, by family: their mappings
+    # would find them.
+    planned: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def write(self) -> bool:

@@ -240,11 +240,9 @@ def _ip(value: Any) -> str:
         raise Skip("ip_address is not an IPv4 or IPv6 address") from None
 
 
-def _ban(legacy: Row, now: datetime, report: TableReport) -> dict[str, Any]:
+def _ban(legacy: Row) -> dict[str, Any]:
     permanent = boolean(legacy["is_permanent"], False)
     expires = None if permanent else maybe_timestamp(legacy["expires_at"], UTC, what="expires_at")
-    if not permanent and (expires is None or expires <= now):
-        report.note("expired or without an end: kept as history, not in force")
     reason = text(legacy["ban_reason"])
     created_by = text(legacy["created_by"]) or "system"
     if (reason and len(reason) > 255) or len(created_by) > 50:
@@ -283,7 +281,7 @@ async def import_bans(ctx: Context, source: LegacyFile) -> None:
         rows: dict[str, dict[str, Any]] = {}
         for legacy in batch:
             try:
-                row = _ban(legacy, now, report)
+                row = _ban(legacy)
             except Skip as reason:
                 report.skip(str(reason), legacy["id"])
                 continue
@@ -307,9 +305,12 @@ async def import_bans(ctx: Context, source: LegacyFile) -> None:
                 for ip in inserted:
                     await invalidate(session, bans_repo.TOPIC, ip)
                 report.present += len(new) - len(inserted)
-                report.imported += len(inserted)
-            else:
-                report.imported += len(new)
+                new = [row for row in new if row["ip_address"] in inserted]
+            report.imported += len(new)
+            for row in new:
+                expires = row["expires_at"]
+                if not row["is_permanent"] and (expires is None or expires <= now):
+                    report.note("expired or without an end: kept as history, not in force")
         progress.advance(len(batch))
     progress.close()
 

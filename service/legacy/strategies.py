@@ -116,6 +116,8 @@ async def import_strategies(ctx: Context, source: LegacyFile, kind: StrategyKind
                     await invalidate(session, kind.topic, hook)
                 report.present += len(new) - len(inserted)
                 new = new[: len(inserted)]
+            elif new:
+                ctx.planned.setdefault(kind.name, set()).update(row["webhook_id"] for row in new)
             report.imported += len(new)
         progress.advance(len(batch))
     progress.close()
@@ -165,8 +167,8 @@ async def import_mappings(ctx: Context, source: LegacyFile, kind: StrategyKind) 
                         raise Skip("its strategy is not in the legacy file")
                     strategy_id = ids.get(hook)
                     if strategy_id is None:
-                        if ctx.dry_run:
-                            strategy_id = -abs(hash(hook))  # would exist after a real run
+                        if hook in ctx.planned.get(kind.name, ()):  # a dry run's stand-in id
+                            strategy_id = ids[hook] = -len(ids) - 1
                         else:
                             raise Skip("its strategy was not imported")
                     product = (text(legacy["product_type"]) or "").strip().upper()
