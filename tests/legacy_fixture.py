@@ -728,5 +728,5 @@ def add_order_logs(legacy: Legacy, count: int) -> None:
                     "request_data": request,
                     "response_data": {},
                     "created_at": at,
-                }  # fmt: skip
+                }
             )

@@ -101,7 +101,7 @@ def number(value: Any, *, what: str) -> float | None:
     return result
 
 
-def text(value: Any) -> str | None:
+def text(value: Any, *, what: str = "text") -> str | None:
     """Text as stored (numbers as their digits); NUL never reaches the database."""
     if value is None:
         return None
@@ -109,10 +109,10 @@ def text(value: Any) -> str | None:
         try:
             value = value.decode()
         except UnicodeDecodeError:
-            raise Skip("text is not UTF-8") from None
+            raise Skip(f"{what} is not UTF-8") from None
     result = str(value)
     if "\x00" in result:
-        raise Skip("text holds a NUL character")
+        raise Skip(f"{what} holds a NUL character")
     return result
 
 

@@ -83,6 +83,10 @@ async def import_log_table(
     progress.close()
 
 
+def _text(legacy: Row, key: str) -> str | None:
+    return text(legacy[key], what=key)
+
+
 def _json_field(report: TableReport, value: Any, what: str) -> Any:
     parsed, ok = json_text(value)
     if not ok:
@@ -94,7 +98,7 @@ def api_log(legacy: Row, report: TableReport) -> dict[str, Any]:
     item = validated(
         ApiLogCreate,
         {
-            "api_type": text(legacy["api_type"]),
+            "api_type": _text(legacy, "api_type"),
             "request_data": _json_field(report, legacy["request_data"], "request_data"),
             "response_data": _json_field(report, legacy["response_data"], "response_data"),
             "created_at": timestamp(legacy["created_at"], IST, what="created_at"),
@@ -107,14 +111,14 @@ def traffic_log(legacy: Row, _report: TableReport) -> dict[str, Any]:
     item = validated(
         TrafficLogCreate,
         {
-            "client_ip": text(legacy["client_ip"]),
-            "method": text(legacy["method"]),
-            "path": text(legacy["path"]),
+            "client_ip": _text(legacy, "client_ip"),
+            "method": _text(legacy, "method"),
+            "path": _text(legacy, "path"),
             "status_code": legacy["status_code"],
             "duration_ms": legacy["duration_ms"],
-            "host": text(legacy["host"]) or None,
-            "error": text(legacy["error"]) or None,
-            "user_id": text(legacy["user_id"]),
+            "host": _text(legacy, "host") or None,
+            "error": _text(legacy, "error") or None,
+            "user_id": _text(legacy, "user_id"),
             "timestamp": timestamp(legacy["timestamp"], UTC),
         },
     )
@@ -123,7 +127,7 @@ def traffic_log(legacy: Row, _report: TableReport) -> dict[str, Any]:
 
 def latency(legacy: Row, report: TableReport) -> dict[str, Any]:
     values: dict[str, Any] = {
-        key: text(legacy[key]) or None for key in ("user_id", "broker", "symbol", "order_type")
+        key: _text(legacy, key) or None for key in ("user_id", "broker", "symbol", "order_type")
     }
     for key in (
         "rtt_ms",
@@ -137,11 +141,11 @@ def latency(legacy: Row, report: TableReport) -> dict[str, Any]:
         LatencyCreate,
         {
             **values,
-            "order_id": text(legacy["order_id"]),
+            "order_id": _text(legacy, "order_id"),
             "request_body": _json_field(report, legacy["request_body"], "request_body"),
             "response_body": _json_field(report, legacy["response_body"], "response_body"),
-            "status": text(legacy["status"]) or None,
-            "error": text(legacy["error"]) or None,
+            "status": _text(legacy, "status") or None,
+            "error": _text(legacy, "error") or None,
             "timestamp": timestamp(legacy["timestamp"], UTC),
         },
     )
@@ -152,13 +156,13 @@ def login_attempt(legacy: Row, _report: TableReport) -> dict[str, Any]:
     item = validated(
         LoginAttemptCreate,
         {
-            "username": text(legacy["username"]),
-            "ip_address": text(legacy["ip_address"]) or None,
-            "device_info": text(legacy["device_info"]) or None,
-            "status": text(legacy["status"]),
-            "login_type": text(legacy["login_type"]) or None,
-            "broker": text(legacy["broker"]) or None,
-            "failure_reason": text(legacy["failure_reason"]) or None,
+            "username": _text(legacy, "username"),
+            "ip_address": _text(legacy, "ip_address") or None,
+            "device_info": _text(legacy, "device_info") or None,
+            "status": _text(legacy, "status"),
+            "login_type": _text(legacy, "login_type") or None,
+            "broker": _text(legacy, "broker") or None,
+            "failure_reason": _text(legacy, "failure_reason") or None,
         },
     )
     return {**item.model_dump(), "created_at": timestamp(legacy["timestamp"], IST)}
@@ -243,8 +247,8 @@ def _ip(value: Any) -> str:
 def _ban(legacy: Row) -> dict[str, Any]:
     permanent = boolean(legacy["is_permanent"], False)
     expires = None if permanent else maybe_timestamp(legacy["expires_at"], UTC, what="expires_at")
-    reason = text(legacy["ban_reason"])
-    created_by = text(legacy["created_by"]) or "system"
+    reason = _text(legacy, "ban_reason")
+    created_by = _text(legacy, "created_by") or "system"
     if (reason and len(reason) > 255) or len(created_by) > 50:
         raise Skip("ban_reason or created_by too long")
     return {
