@@ -16,13 +16,13 @@ import numpy
 import pytest
 from sqlalchemy import func, select, text
 
-from service.legacy import ledger
 from service.legacy.report import Report
 from service.legacy.run import ImportAborted, Options, import_legacy
 from service.models import Base
 from service.models.auth import BrokerToken
 from service.models.logs import OrderLog
 from service.models.users import User
+from service.repositories import logs as logs_repo
 from tests import legacy_fixture
 from tests.legacy_fixture import Legacy, build
 from tests.support import PEPPER, SALT, SERVICE_TOKENS, eventually
@@ -415,22 +415,22 @@ class TestIdempotence:
     async def test_an_interrupted_import_resumes_without_duplicates(
         self, run, db, legacy, monkeypatch
     ):
-        advance = ledger.advance
+        insert_rows = logs_repo.insert_rows
         calls = Counter[str]()
 
-        async def failing(session, name, *args):
-            calls[name] += 1
-            if name == "openalgo.order_logs" and calls[name] == 2:
-                raise ConnectionResetError("interrupted")
-            await advance(session, name, *args)
+        async def failing(session, table, rows):
+            calls[table.name] += 1
+            await insert_rows(session, table, rows)
+            if table.name == "order_logs" and calls[table.name] == 2:
+                raise ConnectionResetError("interrupted after writing, before the commit")
 
-        monkeypatch.setattr(ledger, "advance", failing)
+        monkeypatch.setattr(logs_repo, "insert_rows", failing)
         with pytest.raises(ConnectionResetError):
             await run()
         async with db.connect() as conn:
             # The first batch (1000 legacy rows, 2 of them skipped) was committed with its mark.
             assert await conn.scalar(select(func.count()).select_from(OrderLog)) == 998
-        monkeypatch.setattr(ledger, "advance", advance)
+        monkeypatch.setattr(logs_repo, "insert_rows", insert_rows)
         resumed = await run()
         [table] = [t for t in resumed.tables if t.name == "openalgo.order_logs"]
         assert (table.earlier, table.imported) == (998, legacy_fixture.ORDER_LOGS - 1000)

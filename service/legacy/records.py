@@ -74,9 +74,11 @@ async def import_log_table(
         newest = int(batch[-1]["id"])
         if ctx.write:
             async with ctx.batch() as session:
+                # The mark first: on PostgreSQL its statement opens the transaction, and the COPY
+                # (straight on the driver) must run inside it, not commit on its own.
+                await ledger.advance(session, name, last, newest, len(rows), skipped)
                 if rows:
                     await logs_repo.insert_rows(session, _table(target), rows)
-                await ledger.advance(session, name, last, newest, len(rows), skipped)
         report.imported += len(rows)
         last = newest
         progress.advance(len(batch))
