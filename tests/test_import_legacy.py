@@ -393,6 +393,26 @@ class TestReport:
         assert "openalgo.api_keys" in rendered and "legacy id 4" in rendered
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class TestProgress:
+    async def test_a_bar_per_table_on_a_terminal(self, settings_factory, legacy):
+        out = _Terminal()
+        await import_legacy(settings_factory(), options(legacy, dry_run=True), out)
+        written = out.getvalue()
+        assert "\rlogs.traffic_logs" in written
+        assert f"[{'#' * 30}] 1500/1500" in written
+
+    async def test_plain_lines_otherwise(self, settings_factory, legacy):
+        out = io.StringIO()
+        await import_legacy(settings_factory(), options(legacy, dry_run=True), out)
+        assert "logs.traffic_logs: 1500/1500 rows\n" in out.getvalue()
+        assert "\r" not in out.getvalue()
+
+
 class TestIdempotence:
     async def test_a_second_run_changes_nothing(self, run, db):
         first = await run()

@@ -13,13 +13,17 @@ from typing import TextIO
 
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import migrate
 from service.cache import InvalidationBus
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker
 from service.legacy import accounts, contract, records, strategies
 from service.legacy.context import Context
 from service.legacy.crypto import SMTP_DEFAULT_SALT, LegacyKeys, salt_from_hex
+from service.legacy.ledger import ConcurrentImport
 from service.legacy.report import Report
 from service.legacy.source import LegacyFile, LegacyFileError
 from service.repositories.strategies import CHARTINK, STRATEGIES
@@ -146,6 +150,7 @@ async def import_legacy(settings: Settings, options: Options, out: TextIO | None
         main = files[0][0]
         assert main is not None
         preflight(keys, main)
+        await _schema_at_head(engine, options.dry_run)
         keyring = Keyring(settings)
         ctx = Context(
             settings=settings,
@@ -168,6 +173,20 @@ async def import_legacy(settings: Settings, options: Options, out: TextIO | None
             if source is not None:
                 source.close()
     return report
+
+
+async def _schema_at_head(engine: AsyncEngine, dry_run: bool) -> None:
+    """The schema the service would serve: SQLite is migrated as the service migrates it at
+    start-up (except by a dry run, which writes nothing); PostgreSQL must have been."""
+    head = migrate.head_revision()
+    if engine.dialect.name == "sqlite" and not dry_run:
+        await migrate.upgrade(engine)
+    current = await migrate.current_revision(engine)
+    if current != head:
+        raise ImportAborted(
+            f"the database schema is at {current} but head is {head}: "
+            "run `python -m service migrate` first"
+        )
 
 
 def _warn_about_keys(ctx: Context) -> None:
@@ -206,8 +225,16 @@ def run_cli(settings: Settings, args: object) -> int:
     )
     try:
         report = asyncio.run(import_legacy(settings, options))
-    except ImportAborted as error:
+    except (ImportAborted, ConcurrentImport) as error:
         print(f"import-legacy: {error}", file=sys.stderr)
+        return 1
+    except (DBAPIError, OSError) as error:
+        # Every batch committed so far stays, with its mark: running again resumes.
+        print(
+            f"import-legacy: stopped by {type(error).__name__}: {str(error)[:300]}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
         return 1
     print(report.render())
     return 0
