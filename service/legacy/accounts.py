@@ -48,19 +48,6 @@ SAMCO_COLUMNS = (
 )
 
 
-def _not_imported(ctx: Context, source: LegacyFile, table: str, columns: tuple[str, ...]) -> None:
-    """Name each legacy column holding values that no column of this service can take."""
-    present = source.columns(table)
-    for column in columns:
-        if column not in present:
-            continue
-        [(count,)] = source.query(
-            f'SELECT count(*) FROM "{table}" WHERE "{column}" IS NOT NULL AND "{column}" <> \'\''
-        )
-        if count:
-            ctx.report.columns_not_imported.append(f"{source.label}.{table}.{column}: {count} rows")
-
-
 # --- settings ----------------------------------------------------------------------------------
 
 
@@ -411,7 +398,7 @@ async def import_broker_tokens(ctx: Context, source: LegacyFile) -> None:
     if not source.has("auth"):
         report.missing = True
         return
-    _not_imported(ctx, source, "auth", SAMCO_COLUMNS)
+    ctx.not_imported(source, "auth", SAMCO_COLUMNS)
     progress = ctx.progress(name, source.count("auth"))
     columns = ["id", "name", "auth", "feed_token", "broker", "user_id", "is_revoked"]
     for batch in source.stream("auth", columns):

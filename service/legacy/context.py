@@ -19,6 +19,7 @@ from service.db import short_transaction
 from service.legacy.convert import Skip
 from service.legacy.crypto import LegacyKeys
 from service.legacy.report import Progress, Report
+from service.legacy.source import LegacyFile
 from service.schemas.types import pattern_message
 from service.security import Keyring
 
@@ -61,6 +62,22 @@ class Context:
         for the lookups only."""
         async with short_transaction(self.sessionmaker, write=self.write) as session:
             yield session
+
+    def not_imported(
+        self, source: LegacyFile, table: str, columns: tuple[str, ...], how: str = "rows"
+    ) -> None:
+        """Name each legacy column holding values that no column of this service takes."""
+        present = source.columns(table)
+        for column in columns:
+            if column not in present:
+                continue
+            [(count,)] = source.query(
+                f'SELECT count(*) FROM "{table}" WHERE "{column}" IS NOT NULL AND "{column}" <> \'\''
+            )
+            if count:
+                self.report.columns_not_imported.append(
+                    f"{source.label}.{table}.{column}: {count} {how}"
+                )
 
     def progress(self, name: str, total: int) -> Progress:
         return Progress(name, total, self.out)

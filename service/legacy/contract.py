@@ -81,10 +81,7 @@ async def import_contract(ctx: Context, source: LegacyFile) -> None:
     if not source.has("symtoken"):
         report.missing = True
         return
-    if "contract_value" in source.columns("symtoken"):
-        [(count,)] = source.query("SELECT count(*) FROM symtoken WHERE contract_value IS NOT NULL")
-        if count:
-            ctx.report.columns_not_imported.append(f"{name}.contract_value: {count} rows")
+    ctx.not_imported(source, "symtoken", ("contract_value",))
     async with ctx.batch() as session:
         held = await session.scalar(select(func.count()).select_from(Symbol))
     if held:

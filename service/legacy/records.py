@@ -351,6 +351,7 @@ async def import_tracker(
     if not source.has(table):
         report.missing = True
         return
+    ctx.not_imported(source, table, (detail_column,), "rows (their latest entry only is kept)")
     progress = ctx.progress(name, source.count(table))
     columns = ["id", "ip_address", count_column, first_column, last_column, detail_column]
     pending: dict[tuple[Any, ...], dict[str, Any]] = {}

@@ -132,6 +132,7 @@ async def import_mappings(ctx: Context, source: LegacyFile, kind: StrategyKind) 
     if not source.has(table):
         report.missing = True
         return
+    ctx.not_imported(source, table, ("updated_at",))
     symbol_column = "chartink_symbol" if kind is CHARTINK else "symbol"
     columns = ["id", "strategy_id", symbol_column, "exchange", "quantity", "product_type"]
     columns += ["created_at"]
