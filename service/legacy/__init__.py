@@ -6,6 +6,7 @@
 - convert.py  legacy values to this service's: timestamps, booleans, numbers, JSON text
 - ledger.py   how far each append-only table got (resumable, never imported twice)
 - report.py   per-table counts and skip reasons, and the progress bar
+- context.py  what every importer shares (database, keyrings, report, dry run)
 - accounts.py, strategies.py, contract.py, records.py   one importer per legacy table
 - run.py      the order of the tables, the engine, the final report
 """
