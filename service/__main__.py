@@ -1,4 +1,4 @@
-"""python -m service [serve | migrate | rotate-keys | init-env]"""
+"""python -m service [serve | migrate | rotate-keys | init-env | import-legacy]"""
 
 from __future__ import annotations
 
@@ -106,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rotate-keys", help="re-encrypt every stored secret under the newest key")
     init = sub.add_parser("init-env", help="write a .env with fresh secrets if none exists")
     init.add_argument("--path", default=".env")
+    legacy = sub.add_parser(
+        "import-legacy", help="bring an in-process install's SQLite files into this database"
+    )
+    legacy.add_argument("--db", required=True, help="the install's openalgo.db")
+    legacy.add_argument("--logs", help="its logs.db (traffic logs, IP bans, trackers)")
+    legacy.add_argument("--latency", help="its latency.db")
+    legacy.add_argument("--dry-run", action="store_true", help="read and validate; write nothing")
+    legacy.add_argument("--legacy-env", help="the install's .env (API_KEY_PEPPER, FERNET_SALT)")
     args = parser.parse_args(argv)
     try:
         if args.command in (None, "serve"):
@@ -120,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             from service.envfile import init_env
 
             print(init_env(args.path))
+        elif args.command == "import-legacy":
+            from service.legacy.run import run_cli
+
+            return run_cli(get_settings(), args)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
