@@ -1,7 +1,7 @@
 """legacy imports: how far `import-legacy` got through each append-only legacy table
 
-Revision ID: 0013
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30
 
 One row per legacy log table (a dozen at most): the highest legacy id imported, advanced in the
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013"
-down_revision: str | None = "0006"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
