@@ -227,7 +227,9 @@ class TestHeaderDeadline:
 
         assert len(durations) >= 50
         p99 = statistics.quantiles(durations, n=100)[98]
-        assert p99 < 0.1, f"/health/live p99 {p99 * 1000:.1f} ms with {TRICKLERS} tricklers"
+        # A server the tricklers starved would answer in seconds (their deadline is 6 s); a
+        # busy machine stretches a healthy one's p99 past 100 ms, so the bound sits between.
+        assert p99 < 0.5, f"/health/live p99 {p99 * 1000:.1f} ms with {TRICKLERS} tricklers"
         # Every trickler was cut off by the server at the deadline, none before it; a client
         # left alone would have kept its connection for its whole 41-byte request line.
         assert all(t is not None for t in closed_at)
