@@ -11,6 +11,7 @@ from service.routers import (
     chartink,
     latency,
     order_logs,
+    orders,
     settings,
     strategies,
     symbols,
@@ -31,6 +32,7 @@ DOMAINS = (
     analyzer_logs,
     traffic,
     latency,
+    orders,
 )
 
 # Every /api/v1 route, to be mounted flat on the app (see service/routers/base.py).

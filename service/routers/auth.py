@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import Path, Query, status
 from starlette.convertors import Convertor, register_url_convertor
 
-from service import accounts
+from service import accounts, orders
 from service.db import SessionDep
-from service.errors import Forbidden, problems
+from service.errors import problems
 from service.models.auth import ApiKey, BrokerToken
 from service.pagination import (
     DEFAULT_LIMIT,
@@ -22,7 +22,6 @@ from service.pagination import (
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import auth as auth_repo
 from service.routers.base import domain_router
-from service.runtime.api_keys import broker_tokens
 from service.schemas.auth import (
     ApiKeyInfo,
     ApiKeyPut,
@@ -158,25 +157,15 @@ async def verify_api_key(
     `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked.
     `auth_token` / `feed_token` appear only when asked for.
     """
-    reveal = body.include_auth or body.include_feed_token
-    if reveal and not principal.has("secrets"):
-        raise Forbidden("include_auth and include_feed_token need the 'secrets' scope.")
-    owner = await verifier.verify(body.api_key.get_secret_value())
-    answer = ApiKeyVerification(
-        user_id=owner.user_id,
-        order_mode=owner.order_mode,
-        broker=owner.broker,
-        broker_token=owner.broker_token,
+    key = await orders.authorise_key(
+        verifier,
+        state.keyring,
+        principal,
+        body.api_key.get_secret_value(),
+        auth=body.include_auth,
+        feed=body.include_feed_token,
     )
-    if reveal:
-        auth_token, feed_token = broker_tokens(
-            state.keyring, owner, auth=body.include_auth, feed=body.include_feed_token
-        )
-        if body.include_auth:
-            answer.auth_token = auth_token
-        if body.include_feed_token:
-            answer.feed_token = feed_token
-    return answer
+    return ApiKeyVerification(**key.answer())
 
 
 @router.put(
