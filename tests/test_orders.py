@@ -592,6 +592,13 @@ class TestRecord:
         assert {k: latency_read[k] for k in LATENCY} == expected
         assert latency_read["id"] == body["latency_id"]
 
+    async def test_integral_milliseconds_are_numbers(self, client, db):
+        latency = {"order_id": "o1", "total_latency_ms": 48, "rtt_ms": 0}
+        response = await client.post(RECORD, json={"log": LOG, "latency": latency})
+        assert response.status_code == 201
+        (timing,) = (await client.get("/api/v1/latency")).json()["items"]
+        assert (timing["total_latency_ms"], timing["rtt_ms"], timing["user_id"]) == (48, 0, None)
+
     async def test_created_at_and_timestamp_default_to_now(self, client):
         latency = {k: v for k, v in LATENCY.items() if k != "timestamp"}
         before = datetime.now(UTC)
@@ -667,6 +674,10 @@ class TestRecord:
             ({"latency": LATENCY}, ["body", "log"]),
             ({"log": LOG, "latency": LATENCY, "analyze": "yes"}, ["body", "analyze"]),
             ({"log": LOG, "latency": LATENCY, "other": 1}, ["body", "other"]),
+            (
+                {"log": {**LOG, "request_data": {"a\u0000": 1}}, "latency": LATENCY},
+                ["body", "log", "request_data", "a\u0000"],
+            ),
         ],
     )
     async def test_a_bad_body_writes_nothing(self, client, db, body, loc):
@@ -713,8 +724,11 @@ class TestRecord:
             {"log": {**LOG, "request_data": {"n": i}}, "latency": {**LATENCY, "order_id": f"o{i}"}}
             for i in range(30)
         ]
-        responses = await _post_together(client, db, bodies)
+        with recorded_sql(client) as statements:
+            responses = await _post_together(client, db, bodies)
         assert all(r.status_code == 201 for r in responses)
+        inserts = [s for s in statements if s.startswith("INSERT INTO order_latency")]
+        assert 1 <= len(inserts) <= 4, inserts
         latencies = {r["id"]: r["order_id"] for r in await _rows(db, "order_latency")}
         assert [latencies[r.json()["latency_id"]] for r in responses] == [
             f"o{i}" for i in range(30)

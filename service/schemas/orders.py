@@ -28,7 +28,7 @@ class OrderContextQuery(ApiKeyVerify):
     exchange: str = text(LOOKUP_LENGTH, min_length=1, examples=["NFO"])
 
 
-class Instrument(InputSchema):
+class InstrumentRef(InputSchema):
     symbol: str = text(LOOKUP_LENGTH, min_length=1, examples=["RELIANCE"])
     exchange: str = text(LOOKUP_LENGTH, min_length=1, examples=["NSE"])
 
@@ -36,7 +36,7 @@ class Instrument(InputSchema):
 class OrderContextBasketQuery(ApiKeyVerify):
     """One API key for a basket of up to 50 instruments."""
 
-    items: list[Instrument] = Field(
+    items: list[InstrumentRef] = Field(
         min_length=1,
         max_length=MAX_BASKET,
         description=f"1 to {MAX_BASKET} instruments (more: 422), answered in order.",
