@@ -685,6 +685,14 @@ class TestRecord:
         assert problem["errors"][0]["loc"] == loc
         assert await _counts(db) == (0, 0, 0)
 
+    @pytest.mark.parametrize("raw", [b"{", b"", b'{"log": '])
+    async def test_malformed_json_is_400_and_writes_nothing(self, client, db, raw):
+        response = await client.post(
+            RECORD, content=raw, headers={"content-type": "application/json"}
+        )
+        assert_problem(response, 400, "malformed-body")
+        assert await _counts(db) == (0, 0, 0)
+
     async def test_a_latency_row_the_database_refuses_takes_its_log_with_it(
         self,
         client,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -78,13 +78,32 @@ class OrderContextBasket(_KeyContext):
 class OrderRecordCreate(InputSchema):
     """An order's API log and its latency row, written in one transaction: both or neither."""
 
-    log: ApiLogCreate
-    latency: LatencyCreate
+    log: ApiLogCreate = Field(description="As posted to /order-logs (or /analyzer-logs).")
+    latency: LatencyCreate = Field(description="As posted to /latency.")
     analyze: bool | None = Field(
         default=None,
         description="Which log the order belongs to: true the analyzer log, false the order "
         "log; omitted or null, the platform's analyze mode decides at the time of writing.",
     )
+
+
+def record_body_openapi() -> dict[str, Any]:
+    """The request body of orders/record, for its route's `openapi_extra`.
+
+    The route parses its body itself, so that FastAPI never sees the log models as a body: it
+    would split their shared `JsonValue` component into `JsonValue-Input` and `-Output`, and the
+    log routes' references (service/schemas/logs.py, Batch) would name neither. The log and
+    latency schemas are written out in place, as those routes write theirs.
+    """
+    schema = OrderRecordCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    for name in ("log", "latency"):
+        prop = schema["properties"][name]
+        ref = prop.pop("$ref", None) or prop.pop("allOf")[0]["$ref"]
+        schema["properties"][name] = {**defs.pop(ref.rsplit("/", 1)[1]), **prop}
+    if set(defs) - {"JsonValue"}:
+        raise TypeError("the log and latency bodies must be flat models")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class OrderRecorded(BaseModel):
