@@ -219,6 +219,15 @@ async def begin_autocommit_read(session: AsyncSession) -> None:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for one-statement reads on a connection of their own: autocommit on PostgreSQL
+    (no BEGIN and COMMIT round trips around one statement, as begin_autocommit_read); SQLite
+    keeps its transaction."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 

@@ -49,6 +49,11 @@ TAGS = [
     {"name": "traffic", "description": "Traffic logs, IP bans and suspicious-activity counters."},
     {"name": "latency", "description": "Order round-trip latency samples and their statistics."},
     {"name": "orders", "description": "One round trip per order: its context, and its logs."},
+    {
+        "name": "audit",
+        "description": "Who changed what: users, API keys, broker tokens, settings, bans and the "
+        "master contract, each change recorded in its own transaction, secrets redacted.",
+    },
 ]
 
 # What each generic status means, for the reader of /docs.

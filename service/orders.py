@@ -3,13 +3,12 @@ objects that answer the separate calls, and its log and latency row written as o
 
 The key goes through the API-key verifier, the instrument through the symbol index, analyze mode
 through the settings cache: the same objects, caches and invalidations as verify, tokens/lookup
-and GET /settings, so this answer is never staler or fresher than theirs. Verify shares the key
-and secret rules below (`authorise_key`).
+and GET /settings, so this answer is never staler or fresher than theirs. The key's part is
+verify's answer (runtime/api_keys.py `verification`), under verify's scope rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table
@@ -22,7 +21,7 @@ from service.models.latency import OrderLatency
 from service.models.logs import AnalyzerLog, OrderLog
 from service.repositories import logs as logs_repo
 from service.repositories import settings as settings_repo
-from service.runtime.api_keys import ApiKeyVerifier, KeyOwner, broker_tokens
+from service.runtime.api_keys import ApiKeyVerifier, verification
 from service.schemas.orders import LogTable, OrderRecordCreate
 from service.security import Keyring, Principal
 from service.symbol_index import SymbolIndex
@@ -35,25 +34,6 @@ class SymbolUnknown(AppError):
     default_detail = "No instrument has this symbol on this exchange."
 
 
-@dataclass(frozen=True, slots=True)
-class Authorised:
-    """A verified key's owner and the broker tokens asked for (absent when not asked for)."""
-
-    owner: KeyOwner
-    revealed: dict[str, str | None]
-
-    def answer(self) -> dict[str, Any]:
-        """The fields verify answers, in its shape."""
-        owner = self.owner
-        return {
-            "user_id": owner.user_id,
-            "order_mode": owner.order_mode,
-            "broker": owner.broker,
-            "broker_token": owner.broker_token,
-            **self.revealed,
-        }
-
-
 async def authorise_key(
     verifier: ApiKeyVerifier,
     keyring: Keyring,
@@ -62,8 +42,8 @@ async def authorise_key(
     *,
     auth: bool,
     feed: bool,
-) -> Authorised:
-    """Verify `api_key` and reveal the broker tokens asked for.
+) -> dict[str, Any]:
+    """What verify answers for `api_key` (runtime/api_keys.py `verification`), by its rules.
 
     Asking for a token without the `secrets` scope is 403 before the key is looked at (so a token
     without it learns nothing about keys); an unknown key 401 `api-key-unknown`; a token asked
@@ -72,14 +52,7 @@ async def authorise_key(
     if (auth or feed) and not principal.has("secrets"):
         raise Forbidden("include_auth and include_feed_token need the 'secrets' scope.")
     owner = await verifier.verify(api_key)
-    revealed: dict[str, str | None] = {}
-    if auth or feed:
-        auth_token, feed_token = broker_tokens(keyring, owner, auth=auth, feed=feed)
-        if auth:
-            revealed["auth_token"] = auth_token
-        if feed:
-            revealed["feed_token"] = feed_token
-    return Authorised(owner, revealed)
+    return verification(keyring, owner, auth=auth, feed=feed)
 
 
 def instrument(index: SymbolIndex, symbol: str, exchange: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import hmac
 import os
 import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, TypeVar
@@ -178,6 +179,11 @@ class Principal:
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+# The principal of the request being served, bound by the middleware for as long as it runs: what
+# records who made a change (the audit trail) reads it without every call passing it along.
+principal_var: ContextVar[Principal | None] = ContextVar("principal", default=None)
 
 
 class TokenAuthenticator:

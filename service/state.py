@@ -31,6 +31,8 @@ class AppState:
     sessionmaker: async_sessionmaker[AsyncSession]
     # Sessions whose transactions begin as writers (BEGIN IMMEDIATE on SQLite).
     write_sessionmaker: async_sessionmaker[AsyncSession]
+    # The engine for one-statement reads outside any session (db.read_engine).
+    reads: AsyncEngine
     bus: InvalidationBus
     caches: CacheRegistry
     keyring: Keyring

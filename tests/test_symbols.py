@@ -192,3 +192,17 @@ class TestOpenApi:
             assert "$ref" in str(operation["responses"]["200"]), (path, method)
         upload = paths["/api/v1/symbols"]["put"]["requestBody"]["content"]
         assert set(upload) == {"text/csv", "application/x-ndjson"}
+
+
+class TestStartUp:
+    async def test_a_new_instance_builds_its_index_once(self, client, client_factory, caplog):
+        """The listener's first connect and the warm-up both ask for the index; with 200k rows a
+        second build would double the time to ready."""
+        await put_contract(client, [row("RELIANCE", "NSE", token="2885")])
+        caplog.set_level("INFO", logger="service.symbols")
+        caplog.clear()
+        second = await client_factory()
+        lookup = await second.get("/api/v1/tokens/lookup?exchange=NSE&symbol=RELIANCE")
+        assert lookup.json()["token"] == "2885"
+        builds = [r for r in caplog.records if r.getMessage().startswith("symbol index at")]
+        assert len(builds) == 1, [r.getMessage() for r in builds]

@@ -17,11 +17,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import audit
 from service.cache import invalidate
 from service.errors import NotFound
 from service.models.auth import ApiKey, BrokerToken
 from service.models.base import utcnow
 from service.repositories import users as users_repo
+from service.schemas.audit import AuditAction
 from service.security import Keyring
 
 TOPIC = "api_keys"
@@ -66,6 +68,7 @@ async def put_api_key(
     await users_repo.require_user(session, user_id)
     digest = keyring.pepper.digest(plaintext)
     row = await session.scalar(select(ApiKey).where(ApiKey.user_id == user_id).with_for_update())
+    before = audit.API_KEY.snapshot_if(row)
     if row is None:
         row = ApiKey(user_id=user_id, order_mode="auto")
         session.add(row)
@@ -78,6 +81,10 @@ async def put_api_key(
     await session.flush()
     # The new digest may sit in the unknown-key cache, if someone tried it before it existed.
     await invalidate(session, TOPIC, digest)
+    action: AuditAction = "create" if before is None else "rotate"
+    await audit.record(
+        session, audit.API_KEY, action, user_id, before=before, after=audit.API_KEY.snapshot(row)
+    )
     return row
 
 
@@ -91,14 +98,20 @@ async def delete_api_key(session: AsyncSession, user_id: str) -> None:
     await invalidate(session, TOPIC, row.key_digest)
     await session.delete(row)
     await session.flush()
+    await audit.record(
+        session, audit.API_KEY, "delete", user_id, before=audit.API_KEY.snapshot(row)
+    )
 
 
 async def set_order_mode(session: AsyncSession, user_id: str, order_mode: str) -> ApiKey:
     row = await _get_row(session, user_id, lock=True)
     if row.order_mode != order_mode:
+        before = audit.API_KEY.snapshot(row)
         row.order_mode = order_mode
         await session.flush()
         await invalidate(session, TOPIC, row.key_digest)
+        after = audit.API_KEY.snapshot(row)
+        await audit.record(session, audit.API_KEY, "update", user_id, before=before, after=after)
     return row
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import audit
 from service.errors import AppError, NotFound
 from service.models.auth import BrokerToken, LoginAttempt, UserSession
 from service.models.base import utcnow
@@ -59,12 +60,25 @@ async def put_broker_token(
     feed_token = (
         None if data.revoked or data.feed_token is None else data.feed_token.get_secret_value()
     )
+    # Encrypted again, a token reads as changed by its ciphertext: these are known to be the same.
+    same_tokens = (
+        []
+        if row is None
+        else [
+            field
+            for field, stored, given in (
+                ("auth_token", row.auth_token_encrypted, auth_token),
+                ("feed_token", row.feed_token_encrypted, feed_token),
+            )
+            if _same_secret(keyring, stored, given)
+        ]
+    )
     changed = (
         row is None
         or (row.broker, row.user_id, row.revoked) != (data.broker, data.user_id, data.revoked)
-        or not _same_secret(keyring, row.auth_token_encrypted, auth_token)
-        or not _same_secret(keyring, row.feed_token_encrypted, feed_token)
+        or len(same_tokens) < 2
     )
+    before = audit.BROKER_TOKEN.snapshot_if(row)
     if row is None:
         row = BrokerToken(name=name)
         session.add(row)
@@ -75,6 +89,15 @@ async def put_broker_token(
     row.feed_token_encrypted = keyring.encrypt(feed_token) if feed_token is not None else None
     await session.flush()
     await api_keys_repo.invalidate_user(session, name)
+    await audit.record(
+        session,
+        audit.BROKER_TOKEN,
+        "create" if before is None else "update",
+        name,
+        before=before,
+        after=audit.BROKER_TOKEN.snapshot(row),
+        unchanged=same_tokens,
+    )
     return row, changed
 
 
@@ -91,11 +114,14 @@ async def get_broker_secret(
 async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
     """Mark the token revoked and drop the tokens themselves: a revoked row keeps no secret."""
     row = await get_broker_token(session, name, lock=True)
+    before = audit.BROKER_TOKEN.snapshot(row)
     row.revoked = True
     row.auth_token_encrypted = None
     row.feed_token_encrypted = None
     await session.flush()
     await api_keys_repo.invalidate_user(session, name)
+    after = audit.BROKER_TOKEN.snapshot(row)
+    await audit.record(session, audit.BROKER_TOKEN, "revoke", name, before=before, after=after)
     return row
 
 

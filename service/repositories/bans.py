@@ -12,12 +12,14 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import audit
 from service.cache import invalidate
 from service.config import IPNetwork
 from service.db import begin_write
 from service.errors import NotFound, ValidationFailed
 from service.models.base import utcnow
 from service.models.traffic import IPBan, IPOffenceCounter
+from service.schemas.audit import AuditAction
 from service.schemas.settings import SecuritySettings
 from service.schemas.traffic import BanRead, OffenceCount, SuspiciousIP
 
@@ -80,7 +82,10 @@ async def ban_ip(
         .execution_options(populate_existing=True)
     )
     ban: IPBan = (await session.scalars(statement)).one()
+    # The upsert has only counted the repeat so far: the row as it was, but for the count.
+    before: dict[str, Any] | None = None
     if ban.ban_count > 1:
+        before = {**audit.IP_BAN.snapshot(ban), "ban_count": ban.ban_count - 1}
         ban.reason = reason or ban.reason
         ban.banned_at = now
         ban.created_by = created_by
@@ -91,6 +96,10 @@ async def ban_ip(
             ban.expires_at = still_running + timedelta(hours=hours)
         await session.flush()
     await invalidate(session, TOPIC, ip)
+    action: AuditAction = "create" if before is None else "update"
+    await audit.record(
+        session, audit.IP_BAN, action, ip, before=before, after=audit.IP_BAN.snapshot(ban)
+    )
     return ban
 
 
@@ -123,10 +132,14 @@ async def create_ban(
 
 
 async def delete_ban(session: AsyncSession, ip: str) -> None:
-    result = await session.execute(delete(IPBan).where(IPBan.ip_address == ip))
-    if not result.rowcount:  # type: ignore[attr-defined]
+    ban = await session.scalar(
+        delete(IPBan).where(IPBan.ip_address == ip).returning(IPBan),
+        execution_options={"synchronize_session": False},
+    )
+    if ban is None:
         raise NotFound(f"{ip} has no ban.")
     await invalidate(session, TOPIC, ip)
+    await audit.record(session, audit.IP_BAN, "delete", ip, before=audit.IP_BAN.snapshot(ban))
 
 
 async def list_bans(session: AsyncSession, *, include_expired: bool, limit: int) -> list[IPBan]:

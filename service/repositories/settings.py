@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import audit
 from service.cache import CacheRegistry, invalidate
 from service.db import dialect_of
 from service.models.settings import PlatformSettings
@@ -50,8 +51,8 @@ def _to_read(row: PlatformSettings | None) -> SettingsRead:
 
 
 def cached_settings(caches: CacheRegistry) -> SettingsRead | None:
-    """The current settings if cached: for a hot path that opens a session only on a miss."""
-    cached: SettingsRead | None = caches.get("settings", topic=TOPIC).get(_KEY)
+    """The current settings if they are in memory; None says nothing (ask `get_settings`)."""
+    cached: SettingsRead | None = caches.get("settings", topic=TOPIC).peek(_KEY)
     return cached
 
 
@@ -74,6 +75,7 @@ async def update_settings(
     await session.execute(insert(PlatformSettings).values(id=1).on_conflict_do_nothing())
     row = await session.get(PlatformSettings, 1, with_for_update=True, populate_existing=True)
     assert row is not None
+    before = audit.SETTINGS.snapshot(row)
     changes: dict[str, Any] = {}
     if "analyze_mode" in data.model_fields_set:
         changes["analyze_mode"] = data.analyze_mode
@@ -93,6 +95,9 @@ async def update_settings(
         setattr(row, column, value)
     await session.flush()
     await invalidate(session, TOPIC)
+    await audit.record(
+        session, audit.SETTINGS, "update", None, before=before, after=audit.SETTINGS.snapshot(row)
+    )
     return _to_read(row)
 
 

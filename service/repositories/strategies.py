@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Select, bindparam, delete, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from service.cache import invalidate
-from service.db import begin_autocommit_read
 from service.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from service.models.strategies import (
     ChartinkStrategy,
@@ -163,7 +162,7 @@ def _detail_query(kind: StrategyKind, key: str) -> Select[Any]:
 
 
 async def _get_detail(
-    session: AsyncSession, kind: StrategyKind, key: str, value: object
+    session: AsyncSession | AsyncConnection, kind: StrategyKind, key: str, value: object
 ) -> dict[str, Any] | None:
     rows = (await session.execute(_detail_query(kind, key), {"key": value})).all()
     if not rows:
@@ -185,15 +184,18 @@ async def get_detail_by_webhook(
     return await _get_detail(session, kind, "webhook_id", webhook_id)
 
 
-async def get_strategy(
-    session: AsyncSession, kind: StrategyKind, *, strategy_id: int
-) -> dict[str, Any]:
-    """A strategy with its symbols, from the database."""
-    await begin_autocommit_read(session)
-    detail = await _get_detail(session, kind, "id", strategy_id)
+async def get_strategy_json(reads: AsyncEngine, kind: StrategyKind, strategy_id: int) -> bytes:
+    """A strategy with its symbols, from the database, rendered as its detail's JSON.
+
+    One statement on a connection held for it alone, without a session or a transaction of its
+    own (`reads` runs in autocommit where the backend allows, db.read_engine), and one pydantic
+    pass from the row to the bytes: this is the uncached read of a strategy.
+    """
+    async with reads.connect() as connection:
+        detail = await _get_detail(connection, kind, "id", strategy_id)
     if detail is None:
         raise _not_found(kind, strategy_id)
-    return detail
+    return kind.detail.model_validate(detail).model_dump_json(by_alias=True).encode()
 
 
 async def update_strategy(

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import audit
 from service.cache import invalidate
 from service.models.base import utcnow
 from service.models.symbols import SEARCH_TEXT_SQL, ContractDownload, Symbol, SymbolContract
@@ -87,6 +88,13 @@ async def lock_contract(session: AsyncSession) -> int:
         select(SymbolContract.version).where(SymbolContract.id == 1).with_for_update()
     )
     return int(version or 0)
+
+
+async def exchange_counts(session: AsyncSession) -> dict[str, int]:
+    """Rows per exchange (what the audit trail records of a load or delete); the primary key
+    (exchange, symbol) answers it without reading a row."""
+    query = select(Symbol.exchange, func.count()).group_by(Symbol.exchange)
+    return {str(exchange): int(count) for exchange, count in (await session.execute(query)).all()}
 
 
 async def bump_version(session: AsyncSession) -> int:
@@ -157,13 +165,21 @@ async def _ranked_rows(session: AsyncSession) -> AsyncIterator[Sequence[Sequence
 
 
 async def delete_symbols(session: AsyncSession, exchanges: Sequence[str] | None) -> int:
-    await lock_contract(session)
+    version = await lock_contract(session)
+    counts = await exchange_counts(session)
     stmt = delete(Symbol)
     if exchanges:
         stmt = stmt.where(Symbol.exchange.in_(exchanges))
     deleted: int = (await session.execute(stmt)).rowcount  # type: ignore[attr-defined]
     if deleted:
-        await bump_version(session)
+        left = {e: n for e, n in counts.items() if exchanges and e not in exchanges}
+        await audit.record_contract(
+            session,
+            "delete",
+            before=(version, counts),
+            after=(await bump_version(session), left),
+            scope=exchanges or None,
+        )
         await invalidate(session, TOPIC)
     return deleted
 

@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import totp
+from service import audit, totp
 from service.errors import Conflict, NotFound
+from service.models.auth import ApiKey, BrokerToken
 from service.models.users import User
 from service.schemas.users import UserCreate, UserUpdate
 from service.security import Keyring
@@ -78,6 +79,9 @@ async def create_user(
     )
     session.add(user)
     await session.flush()
+    await audit.record(
+        session, audit.USER, "create", user.username, after=audit.USER.snapshot(user)
+    )
     return user
 
 
@@ -86,16 +90,29 @@ async def update_user(session: AsyncSession, username: str, data: UserUpdate) ->
     changes = data.model_dump(include=data.model_fields_set)
     if "email" in changes and await _email_taken(session, changes["email"], other_than=user.id):
         raise Conflict("A user with this email exists already.")
+    before = audit.USER.snapshot(user)
     for field, value in changes.items():
         setattr(user, field, value)
     await session.flush()
+    await audit.record(
+        session, audit.USER, "update", username, before=before, after=audit.USER.snapshot(user)
+    )
     return user
 
 
 async def set_password(session: AsyncSession, username: str, password_hash: str) -> None:
     user = await get_user(session, username, lock=True)
+    before = audit.USER.snapshot(user)
     user.password_hash = password_hash
     await session.flush()
+    await audit.record(
+        session,
+        audit.USER,
+        "set_password",
+        username,
+        before=before,
+        after=audit.USER.snapshot(user),
+    )
 
 
 async def delete_user(session: AsyncSession, username: str) -> None:
@@ -105,8 +122,18 @@ async def delete_user(session: AsyncSession, username: str) -> None:
     transaction (`api_keys.invalidate_user`).
     """
     user = await get_user(session, username, lock=True)
+    # What the cascade takes with the user is recorded as deleted too.
+    key = await session.scalar(select(ApiKey).where(ApiKey.user_id == username))
+    token = await session.scalar(select(BrokerToken).where(BrokerToken.name == username))
+    gone = [
+        (audit.USER, audit.USER.snapshot(user)),
+        (audit.API_KEY, audit.API_KEY.snapshot_if(key)),
+        (audit.BROKER_TOKEN, audit.BROKER_TOKEN.snapshot_if(token)),
+    ]
     await session.delete(user)
     await session.flush()
+    for resource, before in gone:
+        await audit.record(session, resource, "delete", username, before=before)
 
 
 async def password_of(session: AsyncSession, username: str) -> Any:

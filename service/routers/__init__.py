@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from service.routers import (
     analyzer_logs,
+    audit,
     auth,
     chartink,
     latency,
@@ -33,6 +34,7 @@ DOMAINS = (
     traffic,
     latency,
     orders,
+    audit,
 )
 
 # Every /api/v1 route, to be mounted flat on the app (see service/routers/base.py).

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import Path, Query, status
 from starlette.convertors import Convertor, register_url_convertor
 
-from service import accounts, orders
+from service import accounts
 from service.db import SessionDep
-from service.errors import problems
+from service.errors import Forbidden, problems
 from service.models.auth import ApiKey, BrokerToken
 from service.pagination import (
     DEFAULT_LIMIT,
@@ -22,6 +22,7 @@ from service.pagination import (
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import auth as auth_repo
 from service.routers.base import domain_router
+from service.runtime.api_keys import verification
 from service.schemas.auth import (
     ApiKeyInfo,
     ApiKeyPut,
@@ -149,7 +150,7 @@ ApiKeyUserId = Annotated[
 )
 async def verify_api_key(
     body: ApiKeyVerify, verifier: VerifierDep, state: StateDep, principal: PrincipalDep
-) -> ApiKeyVerification:
+) -> dict[str, Any]:
     """Verify an API key: its user, order mode and broker; optionally the broker tokens.
 
     Unknown key: 401 `api-key-unknown`. `include_auth` / `include_feed_token` need the `secrets`
@@ -157,15 +158,10 @@ async def verify_api_key(
     `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked.
     `auth_token` / `feed_token` appear only when asked for.
     """
-    key = await orders.authorise_key(
-        verifier,
-        state.keyring,
-        principal,
-        body.api_key.get_secret_value(),
-        auth=body.include_auth,
-        feed=body.include_feed_token,
-    )
-    return ApiKeyVerification(**key.answer())
+    if (body.include_auth or body.include_feed_token) and not principal.has("secrets"):
+        raise Forbidden("include_auth and include_feed_token need the 'secrets' scope.")
+    owner = await verifier.verify(body.api_key.get_secret_value())
+    return verification(state.keyring, owner, auth=body.include_auth, feed=body.include_feed_token)
 
 
 @router.put(

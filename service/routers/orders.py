@@ -52,7 +52,7 @@ async def get_order_context(
     verify: otherwise `broker_token` says the state); 404 `symbol-unknown` naming the symbol and
     exchange.
     """
-    key = await orders.authorise_key(
+    answer = await orders.authorise_key(
         verifier,
         state.keyring,
         principal,
@@ -61,7 +61,6 @@ async def get_order_context(
         feed=body.include_feed_token,
     )
     row = orders.instrument(index, body.symbol, body.exchange)
-    answer = key.answer()
     answer["analyze_mode"] = await orders.analyze_mode(state.sessionmaker, state.caches)
     answer["instrument"] = row
     # Already the response's shape: serialised directly, this is on every order's path.
@@ -86,7 +85,7 @@ async def get_basket_context(
     A key or broker-token problem fails the whole call, as for one instrument; an unknown symbol
     fails only its item (`instrument` null, `problem` a `symbol-unknown` document).
     """
-    key = await orders.authorise_key(
+    answer = await orders.authorise_key(
         verifier,
         state.keyring,
         principal,
@@ -94,7 +93,6 @@ async def get_basket_context(
         auth=body.include_auth,
         feed=body.include_feed_token,
     )
-    answer = key.answer()
     answer["analyze_mode"] = await orders.analyze_mode(state.sessionmaker, state.caches)
     answer["items"] = orders.basket(index, [(i.symbol, i.exchange) for i in body.items])
     return Response(orjson.dumps(answer), media_type="application/json")

@@ -19,7 +19,7 @@ from service.runtime import Runtime
 from service.runtime.webhooks import WebhookLookup
 from service.schemas.base import Items
 from service.schemas.types import path_text, query_text
-from service.state import RuntimeDep
+from service.state import RuntimeDep, StateDep
 
 # Ids are 32-bit on PostgreSQL; a larger one cannot exist, and must not reach the driver.
 StrategyId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -58,9 +58,10 @@ def make_router(kind: StrategyKind, webhooks: Callable[[Runtime], WebhookLookup]
         return Response(body, media_type="application/json")
 
     @router.get("/{strategy_id}", response_model=kind.detail, responses=problems(404))
-    async def get_strategy(strategy_id: StrategyId, session: SessionDep) -> Any:
+    async def get_strategy(strategy_id: StrategyId, state: StateDep) -> Response:
         """Read a strategy with its symbols, from the database."""
-        return await strategies_repo.get_strategy(session, kind, strategy_id=strategy_id)
+        body = await strategies_repo.get_strategy_json(state.reads, kind, strategy_id)
+        return Response(body, media_type="application/json")
 
     @router.patch("/{strategy_id}", response_model=kind.read, responses=problems(400, 404, 415))
     async def update_strategy(

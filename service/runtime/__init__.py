@@ -127,7 +127,9 @@ async def writers_running(runtime: Runtime) -> AsyncIterator[None]:
 @asynccontextmanager
 async def warmed(runtime: Runtime) -> AsyncIterator[None]:
     """What needs the database before serving: the symbol index, and its backstop."""
-    await runtime.symbols.refresh(force=True)
+    # Not forced: the invalidation listener's first connect may have built it already (its
+    # refresh on connect runs first), and 200k rows are not worth building twice at start.
+    await runtime.symbols.refresh()
     task = asyncio.create_task(backstop(runtime.symbols), name="symbol-index-backstop")
     try:
         yield
