@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ClientFactory
 from tests.contract import put_contract, row
-from tests.support import RO_TOKEN, RW_TOKEN, add_users, assert_problem, eventually
+from tests.support import RO_TOKEN, RW_TOKEN, add_users, assert_problem, auth, eventually
+from tests.test_fastlane import Lanes
 from tests.test_group_commit import table_write_lock
 from tests.test_group_commit_isolation import (
     Poison,
@@ -321,6 +322,38 @@ class TestContextProblems:
     )
     async def test_bad_body_is_422(self, client, key, body):
         assert_problem(await client.post(CONTEXT, json=body), 422, "validation")
+
+
+class TestFastLane:
+    """Warm, the context is answered in front of the middleware stack, exactly as the route
+    answers it; anything else is the route's."""
+
+    async def test_the_lane_answers_as_the_route(self, client, db, key):
+        await client.post(CONTEXT, json=_context(key))  # the key is cold before
+        lanes = Lanes(client)
+        cases: list[tuple[Any, dict[str, str], int, bool]] = [
+            (_context(key), {}, 200, True),
+            (_context(key, "NIFTY28NOV2424000CE", "NFO", include_auth=True), {}, 200, True),
+            (_context(key, include_auth=True, include_feed_token=True), {}, 200, True),
+            (_context(key, include_auth=True), auth(RW_TOKEN), 403, False),
+            (_context(key), auth(RO_TOKEN), 403, False),
+            (_context(key, "NOPE", "NSE"), {}, 404, False),
+            (_context("x" * 64), {}, 401, False),
+            ({**_context(key), "extra": 1}, {}, 422, False),
+        ]
+        for body, headers, status, expect_lane in cases:
+            response, laned = await lanes.same("POST", CONTEXT, json=body, headers=headers)
+            assert (response.status_code, laned) == (status, expect_lane), body
+        await client.post("/api/v1/auth/broker-tokens/alice/revoke")
+        await client.post(CONTEXT, json=_context(key))  # refills the key's cache entry
+        response, laned = await lanes.same("POST", CONTEXT, json=_context(key, include_auth=True))
+        assert (response.status_code, laned) == (410, True)
+        assert_problem(response, 410, "broker-token-revoked")
+        await client.patch("/api/v1/settings", json={"analyze_mode": True})
+        response, laned = await lanes.same("POST", CONTEXT, json=_context(key))
+        assert response.json()["analyze_mode"] is True and not laned  # the settings were cold
+        response, laned = await lanes.same("POST", CONTEXT, json=_context(key))
+        assert response.json()["analyze_mode"] is True and laned
 
 
 class TestContextCoherence:
