@@ -41,6 +41,7 @@ from service.runtime.webhooks import WebhookLookup
 from service.schemas.auth import ApiKeyVerify
 from service.schemas.latency import LatencyCreate
 from service.schemas.logs import ApiLogCreate, Batch
+from service.schemas.orders import OrderContextQuery
 from service.schemas.traffic import IPAddress, TrafficLogCreate
 from service.security import Principal, TokenAuthenticator
 from service.state import AppState
@@ -120,6 +121,32 @@ async def api_key_verify(
     if owner is None:
         return None
     return orjson.dumps(verification(state.keyring, owner, auth=auth, feed=feed))
+
+
+async def order_context(
+    state: AppState, principal: Principal | None, _: bytes, __: str, body: bytes | None
+) -> bytes | None:
+    """orders/context when the key, the instrument and the settings are all in memory; any
+    miss or problem but the broker token's goes to the route (service/orders.py)."""
+    try:
+        asked = OrderContextQuery.model_validate(orjson.loads(body or b""))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+    auth, feed = asked.include_auth, asked.include_feed_token
+    if principal is None or ((auth or feed) and not principal.has("secrets")):
+        return None
+    owner = state.runtime.verifier.cached(asked.api_key.get_secret_value())
+    index = state.runtime.symbols.index
+    current = cached_settings(state.caches)
+    if owner is None or index is None or current is None:
+        return None
+    i = index.find(asked.exchange, symbol=asked.symbol)
+    if i is None:
+        return None
+    answer = verification(state.keyring, owner, auth=auth, feed=feed)
+    answer["analyze_mode"] = current.analyze_mode
+    answer["instrument"] = index.row(i)
+    return orjson.dumps(answer)
 
 
 _IP = TypeAdapter(IPAddress)
@@ -210,6 +237,7 @@ ROUTES = (
         by_webhook(lambda state: state.runtime.chartink_webhooks),
     ),
     LaneRoute("GET", f"{API}/settings", f"{API}/settings", "read", settings),
+    LaneRoute("POST", f"{API}/orders/context", f"{API}/orders/context", "write", order_context),
     *(
         LaneRoute("POST", f"{API}{path}", f"{API}{path}", "write", handle, status=201)
         for path, handle in [

@@ -48,6 +48,7 @@ TAGS = [
     {"name": "analyzer-logs", "description": "The log of requests in analyze (dry-run) mode."},
     {"name": "traffic", "description": "Traffic logs, IP bans and suspicious-activity counters."},
     {"name": "latency", "description": "Order round-trip latency samples and their statistics."},
+    {"name": "orders", "description": "One round trip per order: its context, and its logs."},
     {
         "name": "audit",
         "description": "Who changed what: users, API keys, broker tokens, settings, bans and the "

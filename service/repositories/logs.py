@@ -68,6 +68,20 @@ async def insert_returning_ids(session: AsyncSession, table: Table, rows: list[R
     return sorted(result.scalars().all())
 
 
+async def insert_into_tables(session: AsyncSession, rows: list[Row]) -> list[int]:
+    """Insert rows bound for several tables (each `{"table": Table, "row": values}`), one
+    statement per table, all in the session's transaction; their ids in input order."""
+    ids = [0] * len(rows)
+    by_table: dict[str, tuple[Table, list[int]]] = {}
+    for n, row in enumerate(rows):
+        by_table.setdefault(row["table"].name, (row["table"], []))[1].append(n)
+    for table, where in by_table.values():
+        new = await insert_returning_ids(session, table, [rows[n]["row"] for n in where])
+        for n, row_id in zip(where, new, strict=True):
+            ids[n] = row_id
+    return ids
+
+
 async def insert_rows(session: AsyncSession, table: Table, rows: list[Row]) -> None:
     """Insert `rows` without reading ids back: COPY on PostgreSQL, executemany on SQLite."""
     if session.get_bind().dialect.name == "postgresql":

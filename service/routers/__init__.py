@@ -12,6 +12,7 @@ from service.routers import (
     chartink,
     latency,
     order_logs,
+    orders,
     settings,
     strategies,
     symbols,
@@ -32,6 +33,7 @@ DOMAINS = (
     analyzer_logs,
     traffic,
     latency,
+    orders,
     audit,
 )
 

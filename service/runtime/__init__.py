@@ -41,9 +41,12 @@ class Writers:
     analyzer_logs: GroupCommitWriter
     traffic_logs: GroupCommitWriter
     latency: GroupCommitWriter
+    # An order's log and its latency row (orders/record): each request's pair is written in one
+    # transaction, so both or neither; rows {"table": Table, "row": values}.
+    orders: GroupCommitWriter
 
     def all(self) -> tuple[GroupCommitWriter, ...]:
-        return (self.order_logs, self.analyzer_logs, self.traffic_logs, self.latency)
+        return (self.order_logs, self.analyzer_logs, self.traffic_logs, self.latency, self.orders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ def build_runtime(
             analyzer_logs=writer("analyzer_logs", _returning_ids(_table(AnalyzerLog))),
             traffic_logs=writer("traffic_logs", _plain(_table(TrafficLog))),
             latency=writer("order_latency", _plain(_table(OrderLatency))),
+            orders=writer("orders", logs_repo.insert_into_tables),
         ),
     )
 
