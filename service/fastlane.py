@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import orders
 from service.errors import AppError, internal_error
 from service.group_commit import GroupCommitWriter
 from service.logs import request_id_var
@@ -41,7 +42,11 @@ from service.runtime.webhooks import WebhookLookup
 from service.schemas.auth import ApiKeyVerify
 from service.schemas.latency import LatencyCreate
 from service.schemas.logs import ApiLogCreate, Batch
-from service.schemas.orders import OrderContextQuery
+from service.schemas.orders import (
+    OrderContextBasketQuery,
+    OrderContextQuery,
+    OrderRecordCreate,
+)
 from service.schemas.traffic import IPAddress, TrafficLogCreate
 from service.security import Principal, TokenAuthenticator
 from service.state import AppState
@@ -149,6 +154,51 @@ async def order_context(
     return orjson.dumps(answer)
 
 
+async def order_basket(
+    state: AppState, principal: Principal | None, _: bytes, __: str, body: bytes | None
+) -> bytes | None:
+    """orders/context/batch when the key and the settings are in memory (unknown symbols are
+    answered in their items, as the route does)."""
+    try:
+        asked = OrderContextBasketQuery.model_validate(orjson.loads(body or b""))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+    auth, feed = asked.include_auth, asked.include_feed_token
+    if principal is None or ((auth or feed) and not principal.has("secrets")):
+        return None
+    owner = state.runtime.verifier.cached(asked.api_key.get_secret_value())
+    index = state.runtime.symbols.index
+    current = cached_settings(state.caches)
+    if owner is None or index is None or current is None:
+        return None
+    answer = verification(state.keyring, owner, auth=auth, feed=feed)
+    answer["analyze_mode"] = current.analyze_mode
+    answer["items"] = orders.basket(index, [(i.symbol, i.exchange) for i in asked.items])
+    return orjson.dumps(answer)
+
+
+async def order_record(
+    state: AppState, _: Principal | None, __: bytes, ___: str, body: bytes | None
+) -> bytes | None:
+    """orders/record: the route's own parser, the settings cache for an unsaid analyze mode, and
+    the route's group-committed write of both rows."""
+    try:
+        asked = OrderRecordCreate.model_validate_json(body or b"")
+    except ValidationError:
+        return None
+    analyze = asked.analyze
+    if analyze is None:
+        current = cached_settings(state.caches)
+        if current is None:
+            return None
+        analyze = current.analyze_mode
+    # Past this point the rows are the writer's: a failure is answered here, never retried.
+    table, log_id, latency_id = await orders.record(
+        state.runtime.writers.orders, asked, analyze=analyze
+    )
+    return orjson.dumps({"log_table": table, "log_id": log_id, "latency_id": latency_id})
+
+
 _IP = TypeAdapter(IPAddress)
 _NOT_BANNED = b'{"banned":false,"ban":null}'
 
@@ -238,6 +288,12 @@ ROUTES = (
     ),
     LaneRoute("GET", f"{API}/settings", f"{API}/settings", "read", settings),
     LaneRoute("POST", f"{API}/orders/context", f"{API}/orders/context", "write", order_context),
+    LaneRoute(
+        "POST", f"{API}/orders/context/batch", f"{API}/orders/context/batch", "write", order_basket
+    ),
+    LaneRoute(
+        "POST", f"{API}/orders/record", f"{API}/orders/record", "write", order_record, status=201
+    ),
     *(
         LaneRoute("POST", f"{API}{path}", f"{API}{path}", "write", handle, status=201)
         for path, handle in [

@@ -355,6 +355,31 @@ class TestFastLane:
         response, laned = await lanes.same("POST", CONTEXT, json=_context(key))
         assert response.json()["analyze_mode"] is True and laned
 
+    async def test_the_basket_and_the_record_in_the_lane(self, client, db, key):
+        await client.post(CONTEXT, json=_context(key))
+        await client.get("/api/v1/settings")
+        lanes = Lanes(client)
+        items = [{"symbol": "RELIANCE", "exchange": "NSE"}, {"symbol": "NOPE", "exchange": "NSE"}]
+        basket = {"api_key": key, "items": items}
+        response, laned = await lanes.same("POST", BASKET, json=basket)
+        assert (response.status_code, laned) == (200, True)
+        assert response.json()["items"][1]["problem"]["status"] == 404
+        for bad in ({"api_key": key, "items": []}, {**basket, "api_key": "x" * 64}):
+            response, laned = await lanes.same("POST", BASKET, json=bad)
+            assert response.status_code in (401, 422) and not laned
+        before = len(lanes.fallbacks)
+        recorded = await client.post(RECORD, json={"log": LOG, "latency": LATENCY})
+        assert len(lanes.fallbacks) == before, "served by the lane"
+        assert recorded.status_code == 201
+        answer = recorded.json()
+        assert answer["log_table"] == "order_logs"  # analyze mode off, from the settings cache
+        assert [r["id"] for r in await _rows(db, "order_logs")] == [answer["log_id"]]
+        assert [r["id"] for r in await _rows(db, "order_latency")] == [answer["latency_id"]]
+        bad = {"log": LOG, "latency": {**LATENCY, "total_latency_ms": -1}}
+        response = await client.post(RECORD, json=bad)
+        assert response.status_code == 422 and len(lanes.fallbacks) == before + 1
+        assert len(await _rows(db, "order_latency")) == 1
+
 
 class TestContextCoherence:
     """Every write that changes what the separate calls answer changes the context alike."""
