@@ -218,9 +218,7 @@ async def _claim(
             if row is None:
                 continue
             if row.expires_at <= now:
-                await session.execute(
-                    delete(_table).where(_c.id == row.id, _c.expires_at == row.expires_at)
-                )
+                await session.execute(delete(_table).where(_c.id == row.id, _c.expires_at <= now))
                 continue
             # An in-flight claim past its lease, with this fingerprint: take it over.
             taken = await session.execute(
@@ -344,15 +342,15 @@ class IdempotencyMiddleware:
         values = [value for name, value in scope["headers"] if name == _HEADER_NAME]
         principal = scope.get("principal")
         state = _state(scope)
-        if (
-            not values
-            or principal is None
-            or state is None
-            or not state.ready  # the route answers 503 itself
-            or not self._accepts(scope)
-        ):
+        route = None
+        # Not ready: the route answers 503 itself. No principal: the token check answered.
+        if values and principal is not None and state is not None and state.ready:
+            route = self._route(scope)
+        if route is None or principal is None or state is None:
             await self.app(scope, receive, send)
             return
+        # What the router would record: metrics label a replayed answer by its route too.
+        scope["route"] = route
         try:
             key = _key(values)
             body = await _read_body(receive)
@@ -363,7 +361,8 @@ class IdempotencyMiddleware:
             return
         await self._keyed(state, principal.name, key, scope, _replaying(body, receive), send, body)
 
-    def _accepts(self, scope: Scope) -> bool:
+    def _route(self, scope: Scope) -> APIRoute | None:
+        """The route the request matches, if it takes the header."""
         for route in scope["app"].router.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
@@ -374,8 +373,8 @@ class IdempotencyMiddleware:
                         and route.path_format.startswith(API_PREFIX)
                         and accepts_key(route.openapi_extra or {})
                     )
-                return accepting
-        return False
+                return route if accepting else None
+        return None
 
     async def _keyed(
         self,

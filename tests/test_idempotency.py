@@ -128,6 +128,14 @@ class TestRepeat:
             assert repeat.headers[name] == first.headers[name]
         assert repeat.headers["x-request-id"] != first.headers["x-request-id"]
 
+    async def test_replays_are_counted_under_their_route(self, client):
+        path, body, _ = FAMILIES["order-logs"]
+        for _ in range(3):
+            await client.post(path, json=body, headers=keyed("m"))
+        metrics = (await client.get("/metrics")).text
+        line = 'algoways_http_requests_total{method="POST",route="/api/v1/order-logs",status="201"}'
+        assert f"{line} 3.0" in metrics
+
     async def test_a_4xx_is_kept_too(self, client, db):
         path, body, written = FAMILIES["users"]
         bad = {**body, "email": "not an email"}
