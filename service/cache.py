@@ -239,14 +239,20 @@ class LocalCache(Generic[K, V]):
         self.generation = 0
 
     def get(self, key: K) -> V | None:
-        if not self._enabled():
+        value = self.peek(key)
+        if value is None:
             self.misses += 1
+        return value
+
+    def peek(self, key: K) -> V | None:
+        """`get` for a caller that falls back to one that calls `get` on a miss: a hit counts,
+        a miss is left to the fallback to count, so it is counted once."""
+        if not self._enabled():
             return None
         entry = self._data.get(key)
         if entry is not None and (self.ttl is None or entry[0] > time.monotonic()):
             self.hits += 1
             return entry[1]
-        self.misses += 1
         return None
 
     def set(self, key: K, value: V, ttl: float | None = None) -> None:

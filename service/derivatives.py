@@ -26,7 +26,6 @@ from service.symbol_index import BLOCK_SHIFT, COLUMNS, SymbolIndex
 IST = ZoneInfo("Asia/Kolkata")
 # How long a download may report `downloading` before it is read as failed. To become the
 # setting `symbol_download_timeout_seconds` (service/config.py) once that file takes it.
-DOWNLOAD_TIMEOUT = timedelta(minutes=5)
 EXPORT_ROWS = 2_000  # rows per chunk written to the client
 
 ExportFormat = Literal["csv", "ndjson"]
@@ -107,18 +106,16 @@ def option_chain(
 # --- download status ----------------------------------------------------------------------------
 
 
-def download_status(
-    row: ContractDownload, now: datetime, timeout: timedelta = DOWNLOAD_TIMEOUT
-) -> dict[str, Any]:
+def download_status(row: ContractDownload, now: datetime, timeout_s: float) -> dict[str, Any]:
     """A stored status as the platform reads it: a download that has reported `downloading` for
-    longer than `timeout` died without saying so, and reads as an error."""
+    longer than `timeout_s` (SYMBOL_DOWNLOAD_TIMEOUT) died without saying so, and reads as an
+    error."""
     status, message = row.status, row.message
-    if status == "downloading" and now - row.last_updated > timeout:
-        minutes = timeout.total_seconds() / 60
+    if status == "downloading" and now - row.last_updated > timedelta(seconds=timeout_s):
         status = "error"
         message = (
             f"The download started at {row.last_updated.isoformat()} reported nothing for"
-            f" {minutes:g} minutes; it is taken for failed."
+            f" {timeout_s / 60:g} minutes; it is taken for failed."
         )
     return {
         "broker": row.broker,

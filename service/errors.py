@@ -447,7 +447,7 @@ def allowed_methods(app: Starlette, scope: Scope) -> list[str]:
     return allowed
 
 
-def _internal_error(exc: Exception) -> Response:
+def internal_error(exc: Exception) -> Response:
     logger.error("unhandled error", exc_info=exc)
     return problem_response(
         500, "Internal error", "The service failed to handle the request.", "internal"
@@ -494,7 +494,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         info = classify_database_error(exc)
         mapped = app_error_for(info) if info is not None else None
         if info is None or mapped is None:
-            return _internal_error(exc)
+            return internal_error(exc)
         if info.failure is DatabaseFailure.RETRYABLE and ask_for_replay(request.scope):
             logger.info("replaying the request once: %s [%s]", type(exc).__name__, info.code)
         elif mapped.status >= 500:

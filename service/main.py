@@ -6,16 +6,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from starlette.datastructures import State
+from starlette.types import ASGIApp
 
 from service import migrate
 from service.cache import CacheRegistry, InvalidationBus
 from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker
 from service.errors import add_exception_handlers
+from service.fastlane import FastLane
 from service.idempotency import IdempotencyMiddleware
 from service.logs import configure_logging
 from service.metrics import SYNC_INTERVAL_S, Metrics, cache_metrics, pool_metrics
@@ -45,9 +49,22 @@ def _listen_dsn(settings: Settings) -> str | None:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+class LanedFastAPI(FastAPI):
+    """FastAPI with the fast lane (service/fastlane.py) in front of its whole middleware stack,
+    error handling included: the lane answers only what cannot fail."""
+
+    def __init__(self, *, lane: Callable[[ASGIApp, State], ASGIApp], **options: Any) -> None:
+        self._lane = lane
+        super().__init__(**options)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self._lane(super().build_middleware_stack(), self.state)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
+    authenticator = TokenAuthenticator(settings.SERVICE_TOKENS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,7 +112,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     retry.cancel()
                     await asyncio.gather(retry, return_exceptions=True)
 
-    app = FastAPI(
+    app = LanedFastAPI(
+        lane=lambda stack, app_state: FastLane(
+            stack,
+            app_state,
+            metrics=metrics,
+            authenticator=authenticator,
+            max_body=settings.MAX_BODY_BYTES,
+        ),
         title="AlgoWays Store",
         version="0.1.0",
         description=DESCRIPTION,
@@ -113,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ServiceMiddleware,
         metrics=metrics,
-        authenticator=TokenAuthenticator(settings.SERVICE_TOKENS),
+        authenticator=authenticator,
         max_body=settings.MAX_BODY_BYTES,
         max_upload=settings.MAX_UPLOAD_BYTES,
     )

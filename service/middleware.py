@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 from typing import Any
@@ -20,13 +21,15 @@ from service.retry import ReplayOnSerializationFailure
 from service.security import TokenAuthenticator
 
 access_log = logging.getLogger("service.access")
+_ids = random.Random()  # seeded from the OS once, per process (see os.register_at_fork below)
+os.register_at_fork(after_in_child=_ids.seed)
 
 API_PREFIX = "/api/v1"
 # Routes whose body is not JSON, with the larger upload limit.
 RAW_BODY_ROUTES = frozenset({("PUT", "/api/v1/symbols")})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", "POST", "PUT", "PATCH"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
+JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
 
 
 class ServiceMiddleware:
@@ -54,14 +57,7 @@ class ServiceMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id")
-        if given is not None and _REQUEST_ID.match(given.decode("latin-1")):
-            request_id = given.decode("latin-1")
-            echo = (b"x-request-id", given)
-        else:
-            # 32 hex digits, as uuid4().hex, at a fraction of its cost.
-            request_id = os.urandom(16).hex()
-            echo = (b"x-request-id", request_id.encode())
+        request_id, echo = request_id_of(headers)
         token = request_id_var.set(request_id)
         status = 500
 
@@ -83,10 +79,7 @@ class ServiceMiddleware:
                     limit = self._limit(scope)
                     await self.app(scope, _limited(receive, limit), send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.observe(_route_template(scope), scope["method"], status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                _log_access(scope["method"], scope["path"], status, elapsed)
+            served(self.metrics, _route_template(scope), scope, status, started)
             request_id_var.reset(token)
 
     def _limit(self, scope: Scope) -> int:
@@ -113,11 +106,31 @@ class ServiceMiddleware:
         has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
         if has_body and (method, path.rstrip("/")) not in RAW_BODY_ROUTES:
             content_type = headers.get(b"content-type", b"").decode("latin-1")
-            if not _JSON_TYPE.match(content_type):
+            if not JSON_TYPE.match(content_type):
                 return UnsupportedMediaType(
                     f"Expected application/json, got {content_type or 'no content type'}."
                 )
         return None
+
+
+def request_id_of(headers: dict[bytes, bytes]) -> tuple[str, tuple[bytes, bytes]]:
+    """The request's id (the caller's X-Request-ID when well-formed, else a new one) and the
+    response header that echoes it."""
+    given = headers.get(b"x-request-id")
+    if given is not None and _REQUEST_ID.match(given.decode("latin-1")):
+        return given.decode("latin-1"), (b"x-request-id", given)
+    # 32 hex digits, as uuid4().hex, without its system call per request: an id to correlate
+    # log lines needs to be unique, not unpredictable.
+    request_id = f"{_ids.getrandbits(128):032x}"
+    return request_id, (b"x-request-id", request_id.encode())
+
+
+def served(metrics: Metrics, template: str, scope: Scope, status: int, started: float) -> None:
+    """Count a finished request in the metrics and write its access line."""
+    elapsed = time.perf_counter() - started
+    metrics.observe(template, scope["method"], status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        _log_access(scope["method"], scope["path"], status, elapsed)
 
 
 def _log_access(method: str, path: str, status: int, elapsed: float) -> None:

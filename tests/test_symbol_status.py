@@ -125,6 +125,19 @@ class TestStatus:
         listing = (await pinned.get("/api/v1/symbols/status")).json()
         assert listing["items"][0]["status"] == "error"
 
+    async def test_the_timeout_is_a_setting(self, client_factory, db):
+        client = await client_factory(SYMBOL_DOWNLOAD_TIMEOUT=90)
+        await client.put("/api/v1/symbols/status/zerodha", json={"status": "downloading"})
+        for age_s, status in [(60, "downloading"), (120, "error")]:
+            async with db.begin() as conn:
+                await conn.execute(
+                    text("UPDATE master_contract_status SET last_updated = :t"),
+                    {"t": datetime.now(UTC) - timedelta(seconds=age_s)},
+                )
+            body = (await client.get("/api/v1/symbols/status/zerodha")).json()
+            assert body["status"] == status, age_s
+        assert "1.5 minutes" in body["message"]
+
     @pytest.mark.parametrize(
         "path, body, where",
         [

@@ -49,6 +49,12 @@ def _to_read(row: PlatformSettings | None) -> SettingsRead:
     )
 
 
+def cached_settings(caches: CacheRegistry) -> SettingsRead | None:
+    """The current settings if they are in memory; None says nothing (ask `get_settings`)."""
+    cached: SettingsRead | None = caches.get("settings", topic=TOPIC).peek(_KEY)
+    return cached
+
+
 async def get_settings(session: AsyncSession, caches: CacheRegistry) -> SettingsRead:
     """The current settings (defaults when never set), from memory when cached."""
     cache = caches.get("settings", topic=TOPIC)

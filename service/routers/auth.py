@@ -23,7 +23,7 @@ from service.pagination import (
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import auth as auth_repo
 from service.routers.base import domain_router
-from service.runtime.api_keys import broker_tokens
+from service.runtime.api_keys import verification
 from service.schemas.auth import (
     ApiKeyInfo,
     ApiKeyPut,
@@ -152,7 +152,7 @@ ApiKeyUserId = Annotated[
 )
 async def verify_api_key(
     body: ApiKeyVerify, verifier: VerifierDep, state: StateDep, principal: PrincipalDep
-) -> ApiKeyVerification:
+) -> dict[str, Any]:
     """Verify an API key: its user, order mode and broker; optionally the broker tokens.
 
     Unknown key: 401 `api-key-unknown`. `include_auth` / `include_feed_token` need the `secrets`
@@ -160,25 +160,10 @@ async def verify_api_key(
     `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked.
     `auth_token` / `feed_token` appear only when asked for.
     """
-    reveal = body.include_auth or body.include_feed_token
-    if reveal and not principal.has("secrets"):
+    if (body.include_auth or body.include_feed_token) and not principal.has("secrets"):
         raise Forbidden("include_auth and include_feed_token need the 'secrets' scope.")
     owner = await verifier.verify(body.api_key.get_secret_value())
-    answer = ApiKeyVerification(
-        user_id=owner.user_id,
-        order_mode=owner.order_mode,
-        broker=owner.broker,
-        broker_token=owner.broker_token,
-    )
-    if reveal:
-        auth_token, feed_token = broker_tokens(
-            state.keyring, owner, auth=body.include_auth, feed=body.include_feed_token
-        )
-        if body.include_auth:
-            answer.auth_token = auth_token
-        if body.include_feed_token:
-            answer.feed_token = feed_token
-    return answer
+    return verification(state.keyring, owner, auth=body.include_auth, feed=body.include_feed_token)
 
 
 @router.put(

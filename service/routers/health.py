@@ -62,13 +62,13 @@ class Ready(BaseModel):
 
 
 # The one answer of /health/live, serialised once: the probe is polled, and cheap it must be.
-_LIVE_BODY = Live().model_dump_json().encode()
+LIVE_BODY = Live().model_dump_json().encode()
 
 
 @router.get("/health/live", response_model=Live)
 async def live() -> Response:
     """200 while the process serves."""
-    return Response(_LIVE_BODY, media_type="application/json")
+    return Response(LIVE_BODY, media_type="application/json")
 
 
 async def _ping(state: AppState) -> tuple[float, str | None]:

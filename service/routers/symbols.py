@@ -377,29 +377,35 @@ async def export_symbols(
     )
 
 
+def _timeout(state: AppState) -> float:
+    return state.settings.SYMBOL_DOWNLOAD_TIMEOUT
+
+
 @router.get("/status", response_model=DownloadStatusList)
-async def list_download_statuses(session: SessionDep) -> DownloadStatusList:
+async def list_download_statuses(session: SessionDep, state: StateDep) -> DownloadStatusList:
     """Every broker's contract download status, and the broker loaded last."""
     rows = await symbols_repo.download_statuses(session)
     now = utcnow()
     return DownloadStatusList(
-        items=[DownloadStatus(**download_status(row, now)) for row in rows],
+        items=[DownloadStatus(**download_status(row, now, _timeout(state))) for row in rows],
         last_downloaded_broker=last_downloaded_broker(rows),
     )
 
 
 @router.get("/status/{broker}", response_model=DownloadStatus, responses=problems(404))
-async def get_download_status(broker: BrokerPath, session: SessionDep) -> DownloadStatus:
+async def get_download_status(
+    broker: BrokerPath, session: SessionDep, state: StateDep
+) -> DownloadStatus:
     """One broker's contract download status."""
     row = await symbols_repo.download_status(session, broker)
     if row is None:
         raise NotFound(f"No download status for broker {broker!r}.")
-    return DownloadStatus(**download_status(row, utcnow()))
+    return DownloadStatus(**download_status(row, utcnow(), _timeout(state)))
 
 
 @router.put("/status/{broker}", response_model=DownloadStatus)
 async def put_download_status(
-    broker: BrokerPath, body: DownloadStatusUpdate, session: SessionDep
+    broker: BrokerPath, body: DownloadStatusUpdate, session: SessionDep, state: StateDep
 ) -> DownloadStatus:
     """The platform's loader reports a download starting (`downloading`) or failing (`error`).
     A `downloading` report older than the timeout reads as `error`."""
@@ -407,7 +413,7 @@ async def put_download_status(
     await session.commit()
     row = await symbols_repo.download_status(session, broker)
     assert row is not None
-    return DownloadStatus(**download_status(row, utcnow()))
+    return DownloadStatus(**download_status(row, utcnow(), _timeout(state)))
 
 
 @router.get("/stats", response_model=SymbolStats)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -124,6 +124,11 @@ class ApiKeyVerifier:
             if self._joinable.get(lookup.digest) is lookup:
                 del self._joinable[lookup.digest]
 
+    def cached(self, api_key: str) -> KeyOwner | None:
+        """The key's owner if its answer is in memory; None says nothing (ask `verify`)."""
+        owner: KeyOwner | None = self._known.peek(self._keyring.peppers[0].digest(api_key))
+        return owner
+
     async def verify(self, api_key: str) -> KeyOwner:
         digests = [pepper.digest(api_key) for pepper in self._keyring.peppers]
         digest = digests[0]
@@ -214,6 +219,24 @@ class ApiKeyVerifier:
                 )
         except IntegrityError:
             return False
+
+
+def verification(keyring: Keyring, owner: KeyOwner, *, auth: bool, feed: bool) -> dict[str, Any]:
+    """The answer of a key verification (ApiKeyVerification's shape): the broker tokens in
+    plaintext only when asked for, each field present only when asked for."""
+    answer: dict[str, Any] = {
+        "user_id": owner.user_id,
+        "order_mode": owner.order_mode,
+        "broker": owner.broker,
+        "broker_token": owner.broker_token,
+    }
+    if auth or feed:
+        auth_token, feed_token = broker_tokens(keyring, owner, auth=auth, feed=feed)
+        if auth:
+            answer["auth_token"] = auth_token
+        if feed:
+            answer["feed_token"] = feed_token
+    return answer
 
 
 def broker_tokens(

@@ -35,6 +35,11 @@ class BanCache:
     def _changed(self, _key: str) -> None:
         self._generation += 1
 
+    def cached(self, ip: str) -> BanStatus | None:
+        """The address's status now if it is in memory; None says nothing (ask `status`)."""
+        entry: BanStatus | None = self._cache.peek(ip)
+        return _now(entry) if entry is not None else None
+
     async def status(self, ip: str) -> BanStatus:
         entry: BanStatus | None = self._cache.get(ip)
         if entry is None:
@@ -48,6 +53,11 @@ class BanCache:
             )
             if generation == self._generation:
                 self._cache.set(ip, entry)
-        if entry.ban is not None and not bans_repo.is_active(entry.ban, utcnow()):
-            return _NOT_BANNED
-        return entry
+        return _now(entry)
+
+
+def _now(entry: BanStatus) -> BanStatus:
+    """What a stored status says now: a temporary ban past its expiry no longer counts."""
+    if entry.ban is not None and not bans_repo.is_active(entry.ban, utcnow()):
+        return _NOT_BANNED
+    return entry

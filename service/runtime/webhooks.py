@@ -31,6 +31,10 @@ class WebhookLookup:
         self.entries: LocalCache[str, bytes] = caches.get(kind.topic, topic=kind.topic)
         self._sessionmaker = sessionmaker
 
+    def cached(self, webhook_id: str) -> bytes | None:
+        """The rendered strategy if it is in memory; None says nothing (ask `get`)."""
+        return self.entries.peek(webhook_id)
+
     async def get(self, webhook_id: str) -> bytes:
         body = self.entries.get(webhook_id)
         if body is not None:
