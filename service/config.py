@@ -103,6 +103,8 @@ class Settings(DatabaseSettings):
     MAX_HEADER_BYTES: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     # Seconds a client has to send a request line and headers, from its first byte: then 408.
     HEADER_TIMEOUT: float = Field(10.0, gt=0, le=300)
+    # Seconds the answer to a POST with an Idempotency-Key is replayed to its repeats.
+    IDEMPOTENCY_TTL_SECONDS: int = Field(86_400, ge=1, le=30 * 86_400)
     # Seconds a master-contract download may go without a report before it reads as failed.
     SYMBOL_DOWNLOAD_TIMEOUT: float = Field(300.0, gt=0, le=86400)
 

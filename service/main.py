@@ -20,6 +20,7 @@ from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker, read_engine
 from service.errors import add_exception_handlers
 from service.fastlane import FastLane
+from service.idempotency import IdempotencyMiddleware
 from service.logs import configure_logging
 from service.metrics import SYNC_INTERVAL_S, Metrics, cache_metrics, pool_metrics
 from service.middleware import ServiceMiddleware
@@ -129,6 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Flat, as the /api/v1 routes are: an included router is matched through a nested router.
     app.router.routes.extend(health.router.routes)
     app.router.routes.extend(API_ROUTES)
+    # Inside the replay: a request replayed after a serialization failure claims its key anew
+    # (the failed attempt released it), and only the final answer is stored.
+    app.add_middleware(IdempotencyMiddleware, ttl_seconds=settings.IDEMPOTENCY_TTL_SECONDS)
     # Inside ServiceMiddleware: a replayed request is not authenticated or counted twice.
     app.add_middleware(ReplayOnSerializationFailure)
     app.add_middleware(

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service import idempotency
 from service.errors import (
     PROBLEM_CONTENT_TYPE,
     PROBLEM_TYPE_BASE,
@@ -125,6 +126,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             }
         }
         _add_problem_schema(components.setdefault("schemas", {}))
+        idempotency.document(schema)
         examples = _problem_examples()
         for path, operations in schema.get("paths", {}).items():
             allow = ", ".join(m.upper() for m in HTTP_METHODS if m in operations)

@@ -10,6 +10,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from service import accounts
 from service.db import SessionDep
 from service.errors import Forbidden, problems
+from service.idempotency import READ_ONLY
 from service.models.auth import ApiKey, BrokerToken
 from service.pagination import (
     DEFAULT_LIMIT,
@@ -147,6 +148,7 @@ ApiKeyUserId = Annotated[
     response_model=ApiKeyVerification,
     response_model_exclude_unset=True,
     responses=problems(400, 404, 409, 410, 415),
+    **READ_ONLY,
 )
 async def verify_api_key(
     body: ApiKeyVerify, verifier: VerifierDep, state: StateDep, principal: PrincipalDep

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service import orders
 from service.errors import problems
+from service.idempotency import READ_ONLY
 from service.routers.base import domain_router
 from service.schemas.orders import (
     OrderContext,
@@ -35,6 +36,7 @@ _KEY_PROBLEMS = (400, 404, 409, 410, 415)
     response_model=OrderContext,
     response_model_exclude_unset=True,
     responses=problems(*_KEY_PROBLEMS),
+    **READ_ONLY,  # its answer may hold broker tokens: never stored for Idempotency-Key
 )
 async def get_order_context(
     body: OrderContextQuery,
@@ -72,6 +74,7 @@ async def get_order_context(
     response_model=OrderContextBasket,
     response_model_exclude_unset=True,
     responses=problems(*_KEY_PROBLEMS),
+    **READ_ONLY,
 )
 async def get_basket_context(
     body: OrderContextBasketQuery,

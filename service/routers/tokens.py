@@ -9,6 +9,7 @@ import orjson
 from fastapi import Response
 
 from service.errors import NotFound, PayloadTooLarge, ValidationFailed, problems
+from service.idempotency import READ_ONLY
 from service.routers.base import domain_router
 from service.schemas.tokens import (
     KEYS,
@@ -45,7 +46,12 @@ async def lookup_token(
     return Response(orjson.dumps(index.mapping(i)), media_type="application/json")
 
 
-@router.post("/lookup", response_model=TokenLookupResults, responses=problems(400, 413, 415))
+@router.post(
+    "/lookup",
+    response_model=TokenLookupResults,
+    responses=problems(400, 413, 415),
+    **READ_ONLY,
+)
 async def lookup_tokens(body: TokenLookupBatch, index: IndexDep) -> Response:
     """Resolve up to 1000 lookups at once; unknown ones answer null, in place."""
     if len(body.items) > MAX_BATCH:

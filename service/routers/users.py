@@ -9,6 +9,7 @@ from fastapi import Query, status
 from service import accounts
 from service.db import SessionDep
 from service.errors import problems
+from service.idempotency import READ_ONLY
 from service.pagination import MAX_LIMIT, ListLimitParam
 from service.repositories import api_keys as api_keys_repo
 from service.repositories import users as users_repo
@@ -84,7 +85,12 @@ async def set_password(
     await users_repo.set_password(session, username, password_hash)
 
 
-@router.post("/{username}/verify-password", response_model=Validity, responses=problems(400, 415))
+@router.post(
+    "/{username}/verify-password",
+    response_model=Validity,
+    responses=problems(400, 415),
+    **READ_ONLY,
+)
 async def verify_password(username: Username, body: PasswordCheck, state: StateDep) -> Validity:
     """Check a password; an unknown user is `{"valid": false}`, in the same time class."""
     valid = await accounts.verify_password(

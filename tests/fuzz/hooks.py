@@ -6,11 +6,15 @@ the violation it was built for. Nothing here accepts a failure.
 
 - Strategies (webhook and Chartink): an intraday strategy needs start_time < end_time <=
   squareoff_time, checked against the strategy as it will be stored.
+- Idempotency-Key: a client sends a new key with each new request. A generated key ("0") used
+  again for another body is rightly a 422, and used again for the same body (a stateful run
+  recreating what it deleted) rightly gets the stored first answer: neither is new valid data.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import schemathesis
@@ -20,6 +24,7 @@ _TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 # A trading day's window, for bodies whose own times break the ordering.
 DEFAULT_TIMES = {"start_time": "09:15", "end_time": "15:00", "squareoff_time": "15:15"}
+IDEMPOTENCY_KEY = "Idempotency-Key"
 _STRATEGIES = re.compile(r"^/api/v1/(chartink/)?strategies(/\{strategy_id\})?$")
 
 
@@ -52,6 +57,8 @@ def map_case(context: Any, case: Any) -> Any:
         return case
     if case.meta.generation.mode != GenerationMode.POSITIVE:
         return case
+    if case.headers and IDEMPOTENCY_KEY in case.headers:
+        case.headers[IDEMPOTENCY_KEY] = uuid.uuid4().hex
     method = operation.method.upper()
     # POST creates on the collection, PATCH updates one strategy.
     one = "{" in operation.path
