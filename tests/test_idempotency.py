@@ -434,7 +434,10 @@ class TestDocument:
             "/api/v1/auth/api-keys/verify",
             "/api/v1/tokens/lookup",
             "/api/v1/users/{username}/verify-password",
+            "/api/v1/orders/context",
+            "/api/v1/orders/context/batch",
         }
+        assert "/api/v1/orders/record" in with_key
         for path in (
             "/api/v1/users",
             "/api/v1/auth/sessions",
