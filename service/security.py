@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import os
 import weakref
@@ -73,13 +74,24 @@ def _derive_fernet_key(pepper: str, salt_hex: str) -> bytes:
     return base64.urlsafe_b64encode(kdf.derive(pepper.encode()))
 
 
-@dataclass(frozen=True, slots=True)
 class Pepper:
-    value: bytes
+    """A pepper and the keyed digest (HMAC-SHA256) it indexes API keys by without storing them.
+
+    The HMAC is keyed once and copied per message: keying it per call looks the digest up in
+    OpenSSL 3's provider tables every time, which py-spy showed as an eighth of a warm order
+    context's CPU.
+    """
+
+    __slots__ = ("_keyed", "value")
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self._keyed = hmac.new(value, digestmod=hashlib.sha256)
 
     def digest(self, message: str) -> str:
-        """Keyed digest (HMAC-SHA256) used to index API keys without storing them."""
-        return hmac.digest(self.value, message.encode(), "sha256").hex()
+        mac = self._keyed.copy()
+        mac.update(message.encode())
+        return mac.hexdigest()
 
 
 class Keyring:

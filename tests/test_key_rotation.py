@@ -155,3 +155,13 @@ async def test_secret_under_an_unknown_key_is_a_409_problem(client_factory, sett
         "api_keys.key_digest": 0,
         "api_keys.key_digest.unreadable": 1,
     }
+
+
+def test_the_key_digest_is_hmac_sha256_of_the_pepper() -> None:
+    """Stored digests must stay verifiable: the keyed-once digest is plain HMAC-SHA256."""
+    import hmac
+
+    pepper = Pepper(PEPPER.encode())
+    for key in ("", "a", "k" * 64, "ключ"):
+        expected = hmac.new(PEPPER.encode(), key.encode(), "sha256").hexdigest()
+        assert pepper.digest(key) == expected == pepper.digest(key)
