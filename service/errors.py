@@ -454,6 +454,24 @@ def internal_error(exc: Exception) -> Response:
     )
 
 
+def failure_response(exc: Exception, scope: Scope | None = None) -> Response:
+    """The answer to an exception no route turned into a problem: a database failure's 422, 409
+    or 503, else a logged 500. With the request's `scope`, a serialization failure asks for the
+    request to be replayed once (service/retry.py)."""
+    if isinstance(exc, AppError):
+        return exc.response()
+    info = classify_database_error(exc)
+    mapped = app_error_for(info) if info is not None else None
+    if info is None or mapped is None:
+        return internal_error(exc)
+    retryable = info.failure is DatabaseFailure.RETRYABLE
+    if retryable and scope is not None and ask_for_replay(scope):
+        logger.info("replaying the request once: %s [%s]", type(exc).__name__, info.code)
+    elif mapped.status >= 500:
+        logger.warning("database unavailable: %s [%s]", type(exc).__name__, info.code)
+    return mapped.response()
+
+
 def add_exception_handlers(app: FastAPI) -> None:
     async def app_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, AppError)
@@ -491,15 +509,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         )
 
     async def failure(request: Request, exc: Exception) -> Response:
-        info = classify_database_error(exc)
-        mapped = app_error_for(info) if info is not None else None
-        if info is None or mapped is None:
-            return internal_error(exc)
-        if info.failure is DatabaseFailure.RETRYABLE and ask_for_replay(request.scope):
-            logger.info("replaying the request once: %s [%s]", type(exc).__name__, info.code)
-        elif mapped.status >= 500:
-            logger.warning("database unavailable: %s [%s]", type(exc).__name__, info.code)
-        return mapped.response()
+        return failure_response(exc, request.scope)
 
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -28,13 +28,15 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import orders
-from service.errors import AppError, internal_error
+from service.errors import AppError, failure_response
 from service.group_commit import GroupCommitWriter
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.middleware import JSON_TYPE, request_id_of, served
 from service.repositories import logs as logs_repo
+from service.repositories import strategies as strategies_repo
 from service.repositories.settings import cached_settings
+from service.repositories.strategies import CHARTINK, STRATEGIES, StrategyKind
 from service.routers.health import LIVE_BODY
 from service.runtime import Writers
 from service.runtime.api_keys import verification
@@ -59,6 +61,7 @@ Handler = Callable[
 
 MAX_QUERY_TEXT = 255  # query_text(255) of the lookup's parameters
 MAX_WEBHOOK_ID = 36  # WebhookId
+MAX_STRATEGY_ID = 2**31 - 1  # StrategyId
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,23 @@ async def order_record(
     return orjson.dumps({"log_table": table, "log_id": log_id, "latency_id": latency_id})
 
 
+def strategy_read(kind: StrategyKind) -> Handler:
+    """GET a strategy by id, uncached: the route's one statement and rendering (its 404 too)."""
+
+    async def handle(
+        state: AppState, _: Principal | None, __: bytes, strategy_id: str, ___: bytes | None
+    ) -> bytes | None:
+        # StrategyId: an integer 1..2^31-1, written plainly (no sign, no leading zero).
+        if not strategy_id.isdecimal() or strategy_id[0] == "0" or len(strategy_id) > 10:
+            return None
+        number = int(strategy_id)
+        if number > MAX_STRATEGY_ID:
+            return None
+        return await strategies_repo.get_strategy_json(state.reads, kind, number)
+
+    return handle
+
+
 _IP = TypeAdapter(IPAddress)
 _NOT_BANNED = b'{"banned":false,"ban":null}'
 
@@ -287,6 +307,16 @@ ROUTES = (
         by_webhook(lambda state: state.runtime.chartink_webhooks),
     ),
     LaneRoute("GET", f"{API}/settings", f"{API}/settings", "read", settings),
+    *(
+        LaneRoute(
+            "GET",
+            f"{API}{kind.prefix}/",
+            f"{API}{kind.prefix}/{{strategy_id}}",
+            "read",
+            strategy_read(kind),
+        )
+        for kind in (STRATEGIES, CHARTINK)
+    ),
     LaneRoute("POST", f"{API}/orders/context", f"{API}/orders/context", "write", order_context),
     LaneRoute(
         "POST", f"{API}/orders/context/batch", f"{API}/orders/context/batch", "write", order_basket
@@ -347,7 +377,8 @@ class FastLane:
         for route in self._prefixed:
             if route.method == method and path.startswith(route.path):
                 tail = path[len(route.path) :]
-                return (route, tail) if tail and "/" not in tail else None
+                if tail and "/" not in tail:
+                    return route, tail
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -388,7 +419,7 @@ class FastLane:
             try:
                 answer = await route.handle(state, principal, query, tail, body)
             except Exception as error:  # answered the one way errors are (service/errors.py)
-                failed = error.response() if isinstance(error, AppError) else internal_error(error)
+                failed = failure_response(error)
                 failed.raw_headers.append(echo)
                 await failed(scope, receive, send)
                 served(self._metrics, route.template, scope, failed.status_code, started)

@@ -258,6 +258,49 @@ async def test_a_failed_log_write_is_answered_with_the_usual_problem(
     assert response.json()["type"].endswith("/database-unavailable")
 
 
+@pytest.mark.parametrize("prefix", ["/api/v1/strategies", "/api/v1/chartink/strategies"])
+async def test_strategy_reads(client, lanes: Lanes, prefix: str) -> None:
+    body = {"name": "Momentum", "user_id": "alice", "start_time": "09:15", "end_time": "15:00"}
+    body |= {"squareoff_time": "15:15"}
+    if prefix == "/api/v1/strategies":
+        body |= {"platform": "tradingview", "trading_mode": "LONG"}
+    created = (await client.post(prefix, json=body)).json()
+    mapping = {"exchange": "NSE", "quantity": 1, "product_type": "MIS"}
+    mapping["symbol" if prefix == "/api/v1/strategies" else "chartink_symbol"] = "RELIANCE"
+    assert (
+        await client.post(f"{prefix}/{created['id']}/symbols", json=[mapping])
+    ).status_code == 201
+    response, laned = await lanes.same("GET", f"{prefix}/{created['id']}")
+    assert (response.status_code, laned) == (200, True)
+    assert response.json()["symbols"][0]["exchange"] == "NSE"
+    # A missing strategy is the route's 404, answered by the lane from the same code.
+    response, laned = await lanes.same("GET", f"{prefix}/999")
+    assert (response.status_code, laned) == (404, True)
+    # Other spellings are the route's to parse (it may take "01" as 1, the lane never guesses).
+    for strategy_id in ("0", "01", "-1", "+1", "2147483648", "1.0", "x", "by-webhook"):
+        _, laned = await lanes.same("GET", f"{prefix}/{strategy_id}")
+        assert not laned, strategy_id
+    response, laned = await lanes.same("GET", f"{prefix}/{created['id']}/symbols")
+    assert response.status_code in (200, 405) and not laned
+
+
+async def test_a_database_failure_in_the_lane_is_the_usual_503(
+    client, lanes: Lanes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from service.repositories import strategies as strategies_repo
+
+    async def unreachable(*_: Any) -> bytes:
+        raise sa_exc.OperationalError("SELECT", {}, ConnectionRefusedError())
+
+    monkeypatch.setattr(strategies_repo, "get_strategy_json", unreachable)
+    response, laned = await lanes.same("GET", "/api/v1/strategies/1")
+    assert (response.status_code, laned) == (503, True)
+    assert response.json()["type"].endswith("/database-unavailable")
+    assert response.headers["retry-after"]
+
+
 async def test_settings_and_liveness(client, lanes: Lanes) -> None:
     await client.get("/api/v1/settings")
     response, laned = await lanes.same("GET", "/api/v1/settings")
