@@ -48,6 +48,12 @@ class TestDrift:
     async def test_database_is_at_the_single_head(self, db):
         assert await migrate.current_revision(db) == migrate.head_revision()
 
+    def test_the_head_is_alembics_own(self):
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(migrate.alembic_config())
+        assert migrate.head_revision() == script.get_current_head() is not None
+
 
 class TestMigrateCommands:
     def _run(self, args: list[str], url: str) -> None:
