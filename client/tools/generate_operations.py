@@ -79,67 +79,75 @@ def method_name(operation_id: str, method: str, path: str) -> str:
     return name
 
 
-def generate(document: dict[str, Any]) -> str:
-    table: list[str] = []
-    methods: list[str] = []
-    for path, operations in document["paths"].items():
-        for method, operation in operations.items():
+def operations(document: dict[str, Any]) -> list[tuple[str, str, str, bool, dict[str, Any]]]:
+    """(method name, HTTP method, path, writes, operation) for every operation of the document."""
+    found = []
+    for path, by_method in document["paths"].items():
+        for method, operation in by_method.items():
             name = method_name(operation["operationId"], method, path)
             verb = method.upper()
             writes = verb == "POST" and name not in READ_POSTS
-            table.append(f"    {name!r}: Operation({verb!r}, {path!r}, writes={writes}),")
-            if name in HAND_TYPED:
+            found.append((name, verb, path, writes, operation))
+    return found
+
+
+def generate(document: dict[str, Any]) -> str:
+    table: list[str] = []
+    methods: list[str] = []
+    for name, verb, path, writes, operation in operations(document):
+        table.append(f"    {name!r}: Operation({verb!r}, {path!r}, writes={writes}),")
+        if name in HAND_TYPED:
+            continue
+        args: list[str] = ["self"]
+        path_args: list[str] = []
+        query: list[str] = []
+        for p in operation.get("parameters", []):
+            pname, where = p["name"], p["in"]
+            ptype = _py_type(p.get("schema", {}))
+            if where == "path":
+                args.append(f"{pname}: {ptype}")
+                path_args.append(f"{pname!r}: {pname}")
+        kw: list[str] = []
+        for p in operation.get("parameters", []):
+            if p["in"] != "query":
                 continue
-            args: list[str] = ["self"]
-            path_args: list[str] = []
-            query: list[str] = []
-            for p in operation.get("parameters", []):
-                pname, where = p["name"], p["in"]
-                ptype = _py_type(p.get("schema", {}))
-                if where == "path":
-                    args.append(f"{pname}: {ptype}")
-                    path_args.append(f"{pname!r}: {pname}")
-            kw: list[str] = []
-            for p in operation.get("parameters", []):
-                if p["in"] != "query":
-                    continue
-                pname = p["name"]
-                ident = pname + "_" if pname in {"all", "format"} else pname
-                ptype = _py_type(p.get("schema", {}))
-                if p.get("required"):
-                    kw.append(f"{ident}: {ptype}")
-                else:
-                    kw.append(
-                        f"{ident}: {ptype} | None = None"
-                        if "None" not in ptype
-                        else f"{ident}: {ptype} = None"
-                    )
-                query.append(f"{pname!r}: {ident}")
-            content = operation.get("requestBody", {}).get("content", {})
-            body_arg = ""
-            if "application/json" in content:
-                required = operation["requestBody"].get("required", False)
-                kw.insert(0, "body: Any" if required else "body: Any = None")
-                body_arg = ", json=body"
-            elif content:
-                kw.insert(0, "content: str | bytes")
-                kw.insert(1, f"content_type: str = {next(iter(content))!r}")
-                body_arg = ", content=content, content_type=content_type"
-            if writes:
-                kw.append("idempotency_key: str | None = None")
-                body_arg += ", idempotency_key=idempotency_key"
-            signature = ", ".join(args + (["*", *kw] if kw else []))
-            summary = (operation.get("summary") or name).replace('"', "'")
-            call_args = f"{name!r}"
-            if path_args:
-                call_args += ", path={" + ", ".join(path_args) + "}"
-            if query:
-                call_args += ", params={" + ", ".join(query) + "}"
-            methods.append(
-                f"    async def {name}({signature}) -> Any:\n"
-                f'        """{verb} {path}: {summary}."""\n'
-                f"        return await self._call({call_args}{body_arg})\n"
-            )
+            pname = p["name"]
+            ident = pname + "_" if pname in {"all", "format"} else pname
+            ptype = _py_type(p.get("schema", {}))
+            if p.get("required"):
+                kw.append(f"{ident}: {ptype}")
+            else:
+                kw.append(
+                    f"{ident}: {ptype} | None = None"
+                    if "None" not in ptype
+                    else f"{ident}: {ptype} = None"
+                )
+            query.append(f"{pname!r}: {ident}")
+        content = operation.get("requestBody", {}).get("content", {})
+        body_arg = ""
+        if "application/json" in content:
+            required = operation["requestBody"].get("required", False)
+            kw.insert(0, "body: Any" if required else "body: Any = None")
+            body_arg = ", json=body"
+        elif content:
+            kw.insert(0, "content: str | bytes")
+            kw.insert(1, f"content_type: str = {next(iter(content))!r}")
+            body_arg = ", content=content, content_type=content_type"
+        if writes:
+            kw.append("idempotency_key: str | None = None")
+            body_arg += ", idempotency_key=idempotency_key"
+        signature = ", ".join(args + (["*", *kw] if kw else []))
+        summary = (operation.get("summary") or name).replace('"', "'")
+        call_args = f"{name!r}"
+        if path_args:
+            call_args += ", path={" + ", ".join(path_args) + "}"
+        if query:
+            call_args += ", params={" + ", ".join(query) + "}"
+        methods.append(
+            f"    async def {name}({signature}) -> Any:\n"
+            f'        """{verb} {path}: {summary}."""\n'
+            f"        return await self._call({call_args}{body_arg})\n"
+        )
     return HEADER + "\n".join(table) + "\n}\n\n" + CLASS + "\n".join(methods)
 
 
