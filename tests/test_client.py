@@ -55,8 +55,15 @@ class Flaky(httpx.AsyncBaseTransport):
     """Fails the first `failures` attempts (a 503 problem with Retry-After, or a refused
     connection) without reaching the app, then passes to it; records every attempt."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, failures: int, kind: str = "503"):
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        failures: int,
+        kind: str = "503",
+        retry_after: str = "0",
+    ):
         self.inner = inner
+        self.retry_after = retry_after
         self.failures = failures
         self.kind = kind
         self.attempts: list[httpx.Request] = []
@@ -68,7 +75,10 @@ class Flaky(httpx.AsyncBaseTransport):
                 raise httpx.ConnectError("connection refused", request=request)
             return httpx.Response(
                 503,
-                headers={"Retry-After": "0", "Content-Type": "application/problem+json"},
+                headers={
+                    "Retry-After": self.retry_after,
+                    "Content-Type": "application/problem+json",
+                },
                 json={
                     "type": "https://algoways.dev/problems/database-unavailable",
                     "title": "Service Unavailable",
@@ -85,10 +95,16 @@ async def stores(client_factory: ClientFactory) -> AsyncIterator[StoreFactory]:
     app = (await client_factory()).app  # type: ignore[attr-defined]
     opened: list[StoreClient] = []
 
-    def make(token: str | None = FULL_TOKEN, failures: int = 0, kind: str = "503", **options: Any):
+    def make(
+        token: str | None = FULL_TOKEN,
+        failures: int = 0,
+        kind: str = "503",
+        retry_after: str = "0",
+        **options: Any,
+    ) -> StoreClient:
         transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=app)
         if failures or kind != "503":
-            transport = Flaky(transport, failures, kind)
+            transport = Flaky(transport, failures, kind, retry_after)
         options.setdefault("retry", RetryPolicy(attempts=4, backoff=0.001))
         store = StoreClient("http://test", token, transport=transport, **options)
         opened.append(store)
@@ -113,7 +129,7 @@ async def _arrange(store: StoreClient, db: AsyncEngine, *, broker: bool = True) 
         await store.put_broker_token("alice", body=BROKER)
     body, headers = encode(ROWS)
     loaded = await store.load_symbols(content=body, content_type=headers["content-type"])
-    assert loaded["rows"] == len(ROWS) if "rows" in loaded else loaded
+    assert loaded["rows"] == len(ROWS)
     return key.api_key
 
 
@@ -305,6 +321,26 @@ class TestRetries:
             await store.get_settings()
         assert len(store.http._transport.attempts) == 3  # type: ignore[attr-defined]
 
+    async def test_backoff_grows_and_honours_retry_after(self, stores: StoreFactory):
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+
+        policy = RetryPolicy(attempts=5, backoff=0.5, max_backoff=1.5)
+        store = stores(failures=4, kind="connect", retry=policy, sleep=sleep)
+        await store.get_settings()
+        assert len(waits) == 4
+        assert all(0 <= w <= c for w, c in zip(waits, [0.5, 1.0, 1.5, 1.5], strict=True)), waits
+        waits.clear()
+        advised = stores(failures=2, retry_after="2", retry=policy, sleep=sleep)
+        assert (await advised.get_settings()).analyze_mode is False
+        assert waits == [2.0, 2.0]
+        waits.clear()
+        capped = stores(failures=1, retry_after="3600", sleep=sleep)
+        await capped.get_settings()
+        assert waits == [RetryPolicy().max_retry_after]
+
     async def test_a_write_is_retried_under_one_key(self, stores: StoreFactory, db: AsyncEngine):
         store = stores(failures=2, kind="connect")
         recorded = await store.orders_record(log=LOG, latency=LATENCY)
@@ -312,7 +348,8 @@ class TestRetries:
         keys = {r.headers.get("Idempotency-Key") for r in attempts}
         assert len(attempts) == 3 and len(keys) == 1 and None not in keys
         assert (await _count(db, "order_logs"), await _count(db, "order_latency")) == (1, 1)
-        assert recorded.log_id == 1 or recorded.log_id > 0
+        async with db.connect() as conn:
+            assert await conn.scalar(text("SELECT id FROM order_logs")) == recorded.log_id
         # The next logical write gets its own key.
         await store.orders_record(log=LOG, latency=LATENCY)
         assert attempts[-1].headers["Idempotency-Key"] not in keys
