@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -428,9 +429,7 @@ def _entries(
 
 
 def _segment(value: Any) -> str:
-    """A path parameter, percent-encoded (a symbol may hold '/', '&' or spaces)."""
-    from urllib.parse import quote
-
+    """A path parameter, percent-encoded (a symbol may hold '&' or spaces)."""
     return quote(str(value).lower() if isinstance(value, bool) else str(value), safe="")
 
 
