@@ -32,7 +32,7 @@ format: $(DEPS)
 test: lint typecheck test-sqlite test-postgres  ## lint, types, then the suite on SQLite and on PostgreSQL
 
 typecheck: $(DEPS)
-	$(PY) -m mypy --strict service
+	$(PY) -m mypy --strict service client/src/algoways_store_client
 
 test-sqlite: $(DEPS)
 	env -u TEST_DATABASE_URL $(PY) -m pytest -q -p no:cacheprovider
