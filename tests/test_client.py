@@ -431,7 +431,9 @@ def drift(document: dict[str, Any]) -> list[str]:
             # Hand-typed methods may shape their query (e.g. lookup_token's one-of-three keys).
             if parameter["in"] != "path" and name in generator.HAND_TYPED:
                 continue
-            if not {pname, pname + "_"} & accepted:
+            # A header is a keyword in Python's spelling: Idempotency-Key -> idempotency_key.
+            python_name = pname.lower().replace("-", "_")
+            if not {pname, pname + "_", python_name} & accepted:
                 found.append(f"{name} lacks the parameter {pname}")
     for model, target in models.SCHEMAS.items():
         schema = _schema_of(document, target)

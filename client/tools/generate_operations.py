@@ -28,15 +28,6 @@ RENAMES = {
     "live": "health_live",
     "ready": "health_ready",
 }
-# POSTs that only read: safe to retry without an Idempotency-Key.
-READ_POSTS = {
-    "verify_api_key",
-    "verify_password",
-    "verify_totp",
-    "lookup_tokens",
-    "orders_context",
-    "orders_context_batch",
-}
 HAND_TYPED = {
     "orders_context",
     "orders_context_batch",
@@ -86,7 +77,10 @@ def operations(document: dict[str, Any]) -> list[tuple[str, str, str, bool, dict
         for method, operation in by_method.items():
             name = method_name(operation["operationId"], method, path)
             verb = method.upper()
-            writes = verb == "POST" and name not in READ_POSTS
+            # A POST writes when the server takes an Idempotency-Key for it (its document says
+            # so); the others only read, and are safe to retry without one.
+            headers = {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+            writes = verb == "POST" and "Idempotency-Key" in headers
             found.append((name, verb, path, writes, operation))
     return found
 

@@ -30,7 +30,7 @@ OPERATIONS: dict[str, Operation] = {
     "set_password": Operation("PUT", "/api/v1/users/{username}/password", writes=False),
     "verify_password": Operation("POST", "/api/v1/users/{username}/verify-password", writes=False),
     "get_totp": Operation("GET", "/api/v1/users/{username}/totp", writes=False),
-    "verify_totp": Operation("POST", "/api/v1/users/{username}/totp/verify", writes=False),
+    "verify_totp": Operation("POST", "/api/v1/users/{username}/totp/verify", writes=True),
     "put_broker_token": Operation("PUT", "/api/v1/auth/broker-tokens/{name}", writes=False),
     "get_broker_token": Operation("GET", "/api/v1/auth/broker-tokens/{name}", writes=False),
     "get_broker_secret": Operation("GET", "/api/v1/auth/broker-tokens/{name}/secret", writes=False),
@@ -188,9 +188,13 @@ class GeneratedOperations:
         """GET /api/v1/users/{username}/totp: Get Totp."""
         return await self._call("get_totp", path={"username": username})
 
-    async def verify_totp(self, username: str, *, body: Any) -> Any:
+    async def verify_totp(
+        self, username: str, *, body: Any, idempotency_key: str | None = None
+    ) -> Any:
         """POST /api/v1/users/{username}/totp/verify: Verify Totp."""
-        return await self._call("verify_totp", path={"username": username}, json=body)
+        return await self._call(
+            "verify_totp", path={"username": username}, json=body, idempotency_key=idempotency_key
+        )
 
     async def put_broker_token(self, name: str, *, body: Any) -> Any:
         """PUT /api/v1/auth/broker-tokens/{name}: Put Broker Token."""
