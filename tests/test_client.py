@@ -360,6 +360,16 @@ class TestRetries:
         attempts = store.http._transport.attempts  # type: ignore[attr-defined]
         assert [r.headers["Idempotency-Key"] for r in attempts] == ["order-77", "order-77"]
 
+    async def test_a_repeated_keyed_write_is_written_once(
+        self, store: StoreClient, db: AsyncEngine
+    ):
+        """The server keeps the first answer under the key: a retry that reaches it twice (the
+        first answer lost on the way back) writes nothing more."""
+        first = await store.create_order_logs(LOG, idempotency_key="order-88")
+        again = await store.create_order_logs(LOG, idempotency_key="order-88")
+        assert first == again
+        assert await _count(db, "order_logs") == 1
+
     async def test_a_write_without_key_is_not_retried(self, stores: StoreFactory, db: AsyncEngine):
         store = stores(failures=1, auto_idempotency_keys=False)
         with pytest.raises(Unavailable):
