@@ -1,0 +1,191 @@
+"""The design note's model additions (issue 13 part 1), through HTTP on both backends: user names
+and preferences, broker refresh tokens and expiry, session expiry and data, strategy definitions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.support import BACKEND, assert_problem
+
+ALICE = {"username": "alice", "email": "alice@example.com", "password": "correct horse 1"}
+USERS = "/api/v1/users"
+
+
+async def _rows(db: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:
+    async with db.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
+
+
+async def _user(client, **fields: Any) -> dict[str, Any]:
+    response = await client.post(USERS, json={**ALICE, **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _json(value: Any) -> Any:
+    """A JSON column as read back by a raw query (text on SQLite, parsed on PostgreSQL)."""
+    # SQLite gives a number back as a number (its JSON column has numeric affinity).
+    return json.loads(value) if BACKEND == "sqlite" and isinstance(value, str) else value
+
+
+# --- users: names --------------------------------------------------------------------------------
+
+
+class TestUserNames:
+    async def test_created_with_names_and_read_back(self, client, db):
+        created = await _user(client, first_name="  Alice ", last_name="Liddell")
+        assert (created["first_name"], created["last_name"]) == ("Alice", "Liddell")
+        assert created["updated_at"] >= created["created_at"]
+        read = (await client.get(f"{USERS}/alice")).json()
+        assert read == created
+        listed = (await client.get(USERS)).json()["items"]
+        assert listed == [created]
+        [row] = await _rows(db, "SELECT first_name, last_name FROM users")
+        assert row == {"first_name": "Alice", "last_name": "Liddell"}
+
+    async def test_names_default_to_null(self, client):
+        created = await _user(client)
+        assert created["first_name"] is None and created["last_name"] is None
+
+    async def test_patch_changes_names_updates_updated_at_and_audits(self, client, db):
+        created = await _user(client, first_name="Alice")
+        response = await client.patch(f"{USERS}/alice", json={"last_name": "Liddell"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["first_name"], body["last_name"]) == ("Alice", "Liddell")
+        assert body["updated_at"] > created["updated_at"]
+        cleared = (await client.patch(f"{USERS}/alice", json={"first_name": None})).json()
+        assert (cleared["first_name"], cleared["last_name"]) == (None, "Liddell")
+        entries = (await client.get("/api/v1/audit", params={"resource": "user"})).json()["items"]
+        changes = [e["changes"] for e in entries if e["action"] == "update"]
+        assert {"first_name": {"before": "Alice", "after": None}} in changes
+        assert {"last_name": {"before": None, "after": "Liddell"}} in changes
+
+    async def test_patch_unknown_user_is_404(self, client):
+        response = await client.patch(f"{USERS}/nobody", json={"first_name": "X"})
+        assert_problem(response, 404)
+
+    async def test_bad_names_are_422_and_change_nothing(self, client, db):
+        await _user(client, first_name="Alice")
+        for bad in ("x" * 101, "a\x00b", 5):
+            response = await client.patch(f"{USERS}/alice", json={"first_name": bad})
+            problem = assert_problem(response, 422)
+            assert problem["errors"][0]["loc"][-1] == "first_name"
+        response = await client.post(
+            USERS, json={**ALICE, "username": "bob", "last_name": "y" * 101}
+        )
+        assert_problem(response, 422)
+        rows = await _rows(db, "SELECT username, first_name FROM users")
+        assert rows == [{"username": "alice", "first_name": "Alice"}]
+
+    async def test_hundred_characters_are_accepted(self, client):
+        await _user(client)
+        name = "é" * 100
+        response = await client.patch(f"{USERS}/alice", json={"first_name": name})
+        assert response.status_code == 200 and response.json()["first_name"] == name
+
+
+# --- users: preferences ------------------------------------------------------------------------
+
+
+def _prefs(username: str = "alice") -> str:
+    return f"{USERS}/{username}/preferences"
+
+
+class TestPreferences:
+    async def test_put_get_list_delete(self, client, db):
+        await _user(client)
+        assert (await client.get(_prefs())).json() == {}
+        theme = {"mode": "dark", "sizes": [1, 2.5], "on": True, "none": None}
+        response = await client.put(f"{_prefs()}/ui.theme", json={"value": theme})
+        assert response.status_code == 201, response.text
+        assert response.json()["key"] == "ui.theme" and response.json()["value"] == theme
+        again = await client.put(f"{_prefs()}/ui.theme", json={"value": "light"})
+        assert again.status_code == 200 and again.json()["value"] == "light"
+        await client.put(f"{_prefs()}/a-1_Z", json={"value": None})
+        await client.put(f"{_prefs()}/count", json={"value": 3})
+        assert (await client.get(_prefs())).json() == {
+            "a-1_Z": None,
+            "count": 3,
+            "ui.theme": "light",
+        }
+        one = (await client.get(f"{_prefs()}/count")).json()
+        assert (one["key"], one["value"]) == ("count", 3)
+        rows = await _rows(db, "SELECT key, value FROM user_preferences ORDER BY key")
+        assert [(r["key"], _json(r["value"])) for r in rows] == [
+            ("a-1_Z", None),
+            ("count", 3),
+            ("ui.theme", "light"),
+        ]
+        assert (await client.delete(f"{_prefs()}/count")).status_code == 204
+        assert_problem(await client.get(f"{_prefs()}/count"), 404)
+        assert_problem(await client.delete(f"{_prefs()}/count"), 404)
+        assert set((await client.get(_prefs())).json()) == {"a-1_Z", "ui.theme"}
+
+    async def test_preferences_are_per_user(self, client):
+        await _user(client)
+        await _user(client, username="bob", email="bob@example.com")
+        await client.put(f"{_prefs()}/k", json={"value": 1})
+        await client.put(f"{_prefs('bob')}/k", json={"value": 2})
+        assert (await client.get(_prefs())).json() == {"k": 1}
+        assert (await client.get(_prefs("bob"))).json() == {"k": 2}
+
+    async def test_unknown_user_is_404_everywhere(self, client, db):
+        assert_problem(await client.get(_prefs("nobody")), 404)
+        assert_problem(await client.get(f"{_prefs('nobody')}/k"), 404)
+        assert_problem(await client.put(f"{_prefs('nobody')}/k", json={"value": 1}), 404)
+        assert_problem(await client.delete(f"{_prefs('nobody')}/k"), 404)
+        assert await _rows(db, "SELECT id FROM user_preferences") == []
+
+    async def test_bad_keys_and_values_are_422_and_write_nothing(self, client, db):
+        await _user(client)
+        for key in ("k" * 65, "a%20b", "a:b", "%C3%A9"):
+            assert_problem(await client.put(f"{_prefs()}/{key}", json={"value": 1}), 422)
+        for body in (
+            {"value": "a\x00"},
+            {"value": {"a\x00": 1}},
+            {"value": 2**63},
+            {},
+            {"value": 1, "x": 2},
+        ):
+            assert_problem(await client.put(f"{_prefs()}/k", json=body), 422)
+        assert await _rows(db, "SELECT id FROM user_preferences") == []
+
+    async def test_size_limit_is_16_kib_serialised(self, client, db):
+        await _user(client)
+        # '"' + 16382 characters + '"' is 16384 bytes exactly.
+        fits = "x" * (16 * 1024 - 2)
+        assert (await client.put(f"{_prefs()}/big", json={"value": fits})).status_code == 201
+        problem = assert_problem(
+            await client.put(f"{_prefs()}/big", json={"value": fits + "x"}), 422
+        )
+        assert "16384 bytes" in problem["errors"][0]["msg"]
+        [row] = await _rows(db, "SELECT value FROM user_preferences")
+        assert _json(row["value"]) == fits
+        # Multi-byte characters count as their UTF-8 bytes.
+        wide = "é" * (8 * 1024)
+        assert_problem(await client.put(f"{_prefs()}/wide", json={"value": wide}), 422)
+
+    async def test_removed_with_the_user(self, client, db):
+        await _user(client)
+        await client.put(f"{_prefs()}/k", json={"value": [1]})
+        assert (await client.delete(f"{USERS}/alice")).status_code == 204
+        assert await _rows(db, "SELECT id FROM user_preferences") == []
+        await _user(client)
+        assert (await client.get(_prefs())).json() == {}
+
+    async def test_documented(self, client):
+        spec = (await client.get("/openapi.json")).json()
+        item = spec["paths"]["/api/v1/users/{username}/preferences/{key}"]
+        assert set(item) == {"get", "put", "delete"}
+        [key] = [p for p in item["put"]["parameters"] if p["name"] == "key"]
+        assert key["schema"]["pattern"] == "^[A-Za-z0-9_.-]{1,64}$"
+        assert {"201", "404", "422"} <= set(item["put"]["responses"])
+        body = item["put"]["requestBody"]["content"]["application/json"]["schema"]
+        schema = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+        assert "16384 bytes" in json.dumps(schema["properties"]["value"])
