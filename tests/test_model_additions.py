@@ -3,7 +3,9 @@ and preferences, broker refresh tokens and expiry, session expiry and data, stra
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -189,3 +191,174 @@ class TestPreferences:
         body = item["put"]["requestBody"]["content"]["application/json"]["schema"]
         schema = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
         assert "16384 bytes" in json.dumps(schema["properties"]["value"])
+
+
+# --- broker tokens: refresh token and expiry ---------------------------------------------------
+
+BROKER = "/api/v1/auth/broker-tokens/alice"
+REFRESHING = {
+    "auth_token": "broker-auth-1",
+    "feed_token": "broker-feed-1",
+    "refresh_token": "broker-refresh-1",
+    "broker": "zerodha",
+}
+
+
+def _at(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+class TestBrokerRefreshAndExpiry:
+    async def test_refresh_token_stored_encrypted_and_only_the_secret_returns_it(self, client, db):
+        await _user(client)
+        expires = "2030-01-02T03:04:05+05:30"
+        response = await client.put(BROKER, json={**REFRESHING, "expires_at": expires})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["has_refresh_token"] is True
+        assert body["expires_at"] == "2030-01-01T21:34:05Z"
+        assert "broker-refresh-1" not in response.text
+        meta = await client.get(BROKER)
+        assert meta.json()["has_refresh_token"] is True and "broker-refresh-1" not in meta.text
+        secret = (await client.get(f"{BROKER}/secret")).json()
+        assert secret["refresh_token"] == "broker-refresh-1"
+        assert secret["expires_at"] == "2030-01-01T21:34:05Z"
+        [row] = await _rows(db, "SELECT refresh_token_encrypted FROM broker_tokens")
+        assert row["refresh_token_encrypted"].startswith("gAAAAA")
+        assert "broker-refresh-1" not in row["refresh_token_encrypted"]
+        entries = (await client.get("/api/v1/audit", params={"resource": "broker_token"})).json()
+        [created] = entries["items"]
+        assert "broker-refresh-1" not in json.dumps(created)
+        assert created["changes"]["refresh_token"]["after"] != "broker-refresh-1"
+
+    async def test_a_new_refresh_token_is_a_change_the_same_one_is_not(self, client):
+        await _user(client)
+        assert (await client.put(BROKER, json=REFRESHING)).json()["changed"] is True
+        assert (await client.put(BROKER, json=REFRESHING)).json()["changed"] is False
+        renewed = {**REFRESHING, "refresh_token": "broker-refresh-2"}
+        assert (await client.put(BROKER, json=renewed)).json()["changed"] is True
+        later = {**renewed, "expires_at": "2031-01-01T00:00:00Z"}
+        assert (await client.put(BROKER, json=later)).json()["changed"] is True
+
+    async def test_omitted_refresh_token_is_cleared_and_revoke_erases_it(self, client, db):
+        await _user(client)
+        await client.put(BROKER, json=REFRESHING)
+        plain = {k: v for k, v in REFRESHING.items() if k != "refresh_token"}
+        assert (await client.put(BROKER, json=plain)).json()["has_refresh_token"] is False
+        assert (await client.get(f"{BROKER}/secret")).json()["refresh_token"] is None
+        await client.put(BROKER, json={**REFRESHING, "expires_at": _at(3600)})
+        revoked = (await client.post(f"{BROKER}/revoke")).json()
+        assert revoked["has_refresh_token"] is False
+        [row] = await _rows(db, "SELECT refresh_token_encrypted, revoked FROM broker_tokens")
+        assert row["refresh_token_encrypted"] is None and row["revoked"]
+
+    async def test_bad_refresh_token_or_expiry_is_422_and_writes_nothing(self, client, db):
+        await _user(client)
+        for bad in (
+            {"refresh_token": ""},
+            {"refresh_token": "x" * 4097},
+            {"expires_at": "2030-01-01T00:00:00"},
+            {"expires_at": 1893456000},
+        ):
+            assert_problem(await client.put(BROKER, json={**REFRESHING, **bad}), 422)
+        assert await _rows(db, "SELECT id FROM broker_tokens") == []
+
+    async def test_rotate_keys_re_encrypts_the_refresh_token(
+        self, client_factory, settings_factory, db
+    ):
+        from service import rotate
+        from tests.test_key_rotation import ROTATED, ROTATING
+
+        old = await client_factory()
+        await _user(old)
+        await old.put(BROKER, json=REFRESHING)
+        [before] = await _rows(db, "SELECT refresh_token_encrypted FROM broker_tokens")
+        counts = await rotate.rotate_keys(settings_factory(**ROTATING))
+        assert counts["broker_tokens.refresh_token_encrypted"] == 1
+        [after] = await _rows(db, "SELECT refresh_token_encrypted FROM broker_tokens")
+        assert after != before
+        rotated = await client_factory(**ROTATED)
+        secret = (await rotated.get(f"{BROKER}/secret")).json()
+        assert secret["refresh_token"] == "broker-refresh-1"
+
+
+class TestExpiredBrokerToken:
+    async def _key(self, client, db, expires_at: str | None) -> str:
+        from tests.test_orders import _arrange
+
+        api_key = await _arrange(client, db, token=False)
+        body = {**REFRESHING, "expires_at": expires_at}
+        assert (await client.put(BROKER, json=body)).status_code == 200
+        return api_key
+
+    async def test_verify_and_context_answer_410_past_expiry(self, client, db):
+        api_key = await self._key(client, db, "2020-01-01T00:00:00Z")
+        context = {"api_key": api_key, "symbol": "RELIANCE", "exchange": "NSE"}
+        for _ in range(2):  # cold (the route), then warm (the fast lane): the same answers
+            for path, body in (
+                ("/api/v1/auth/api-keys/verify", {"api_key": api_key}),
+                ("/api/v1/orders/context", context),
+            ):
+                plain = await client.post(path, json=body)
+                assert plain.status_code == 200, plain.text
+                assert plain.json()["broker_token"] == "expired"
+                assert plain.json()["broker"] == "zerodha"
+                for flags in ({"include_auth": True}, {"include_feed_token": True}):
+                    problem = assert_problem(
+                        await client.post(path, json={**body, **flags}), 410, "broker-token-expired"
+                    )
+                    assert "2020-01-01" in problem["detail"]
+            basket = {"api_key": api_key, "items": [{"symbol": "RELIANCE", "exchange": "NSE"}]}
+            assert_problem(
+                await client.post(
+                    "/api/v1/orders/context/batch", json={**basket, "include_auth": True}
+                ),
+                410,
+                "broker-token-expired",
+            )
+        # The secret endpoint still answers: the refresh token is what renews the session.
+        secret = (await client.get(f"{BROKER}/secret")).json()
+        assert secret["refresh_token"] == "broker-refresh-1"
+
+    async def test_future_expiry_is_active(self, client, db):
+        api_key = await self._key(client, db, _at(3600))
+        answer = await client.post(
+            "/api/v1/auth/api-keys/verify", json={"api_key": api_key, "include_auth": True}
+        )
+        assert answer.status_code == 200
+        assert answer.json()["broker_token"] == "active"
+        assert answer.json()["auth_token"] == "broker-auth-1"
+
+    async def test_expiry_is_decided_at_answer_time_not_cache_time(self, client, db):
+        api_key = await self._key(client, db, _at(1.5))
+        verify = {"api_key": api_key, "include_auth": True}
+        context = {**verify, "symbol": "RELIANCE", "exchange": "NSE"}
+        for _ in range(2):  # filled the cache, then answered from it
+            answer = await client.post("/api/v1/auth/api-keys/verify", json=verify)
+            assert answer.status_code == 200 and answer.json()["broker_token"] == "active"
+            answer = await client.post("/api/v1/orders/context", json=context)
+            assert answer.status_code == 200 and answer.json()["auth_token"] == "broker-auth-1"
+        await asyncio.sleep(2.0)
+        assert_problem(
+            await client.post("/api/v1/auth/api-keys/verify", json=verify),
+            410,
+            "broker-token-expired",
+        )
+        assert_problem(
+            await client.post("/api/v1/orders/context", json=context), 410, "broker-token-expired"
+        )
+        plain = await client.post("/api/v1/auth/api-keys/verify", json={"api_key": api_key})
+        assert plain.json()["broker_token"] == "expired"
+
+    async def test_a_new_login_clears_the_expiry_at_once(self, client, db):
+        api_key = await self._key(client, db, "2020-01-01T00:00:00Z")
+        verify = {"api_key": api_key, "include_auth": True}
+        assert_problem(
+            await client.post("/api/v1/auth/api-keys/verify", json=verify),
+            410,
+            "broker-token-expired",
+        )
+        renewed = {**REFRESHING, "auth_token": "broker-auth-2", "expires_at": _at(3600)}
+        assert (await client.put(BROKER, json=renewed)).status_code == 200
+        answer = await client.post("/api/v1/auth/api-keys/verify", json=verify)
+        assert answer.status_code == 200 and answer.json()["auth_token"] == "broker-auth-2"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +38,10 @@ async def get_broker_token(session: AsyncSession, name: str, *, lock: bool = Fal
     return row
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    return at.astimezone(UTC) if at is not None else None
+
+
 def _same_secret(keyring: Keyring, ciphertext: str | None, plaintext: str | None) -> bool:
     if ciphertext is None or plaintext is None:
         return ciphertext is None and plaintext is None
@@ -60,6 +64,11 @@ async def put_broker_token(
     feed_token = (
         None if data.revoked or data.feed_token is None else data.feed_token.get_secret_value()
     )
+    refresh_token = (
+        None
+        if data.revoked or data.refresh_token is None
+        else data.refresh_token.get_secret_value()
+    )
     # Encrypted again, a token reads as changed by its ciphertext: these are known to be the same.
     same_tokens = (
         []
@@ -69,14 +78,16 @@ async def put_broker_token(
             for field, stored, given in (
                 ("auth_token", row.auth_token_encrypted, auth_token),
                 ("feed_token", row.feed_token_encrypted, feed_token),
+                ("refresh_token", row.refresh_token_encrypted, refresh_token),
             )
             if _same_secret(keyring, stored, given)
         ]
     )
     changed = (
         row is None
-        or (row.broker, row.user_id, row.revoked) != (data.broker, data.user_id, data.revoked)
-        or len(same_tokens) < 2
+        or (row.broker, row.user_id, row.revoked, row.expires_at)
+        != (data.broker, data.user_id, data.revoked, _utc(data.expires_at))
+        or len(same_tokens) < 3
     )
     before = audit.BROKER_TOKEN.snapshot_if(row)
     if row is None:
@@ -87,6 +98,11 @@ async def put_broker_token(
     row.revoked = data.revoked
     row.auth_token_encrypted = keyring.encrypt(auth_token) if auth_token is not None else None
     row.feed_token_encrypted = keyring.encrypt(feed_token) if feed_token is not None else None
+    row.refresh_token_encrypted = (
+        keyring.encrypt(refresh_token) if refresh_token is not None else None
+    )
+    # In UTC, as it reads back: the answer, the cached KeyOwner and the audit trail agree.
+    row.expires_at = None if data.revoked else _utc(data.expires_at)
     await session.flush()
     await api_keys_repo.invalidate_user(session, name)
     await audit.record(
@@ -103,12 +119,19 @@ async def put_broker_token(
 
 async def get_broker_secret(
     session: AsyncSession, keyring: Keyring, name: str
-) -> tuple[BrokerToken, str, str | None]:
+) -> tuple[BrokerToken, str, str | None, str | None]:
+    """The row and its auth, feed and refresh tokens in plaintext. An expired token is still
+    returned: its refresh token is what renews it."""
     row = await get_broker_token(session, name)
     if row.revoked or row.auth_token_encrypted is None:
         raise NotFound(f"The broker token of {name!r} is revoked.")
-    feed = row.feed_token_encrypted
-    return row, keyring.decrypt(row.auth_token_encrypted), keyring.decrypt(feed) if feed else None
+    feed, refresh = row.feed_token_encrypted, row.refresh_token_encrypted
+    return (
+        row,
+        keyring.decrypt(row.auth_token_encrypted),
+        keyring.decrypt(feed) if feed else None,
+        keyring.decrypt(refresh) if refresh else None,
+    )
 
 
 async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
@@ -118,6 +141,7 @@ async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
     row.revoked = True
     row.auth_token_encrypted = None
     row.feed_token_encrypted = None
+    row.refresh_token_encrypted = None
     await session.flush()
     await api_keys_repo.invalidate_user(session, name)
     after = audit.BROKER_TOKEN.snapshot(row)

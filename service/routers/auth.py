@@ -59,6 +59,8 @@ def _metadata(row: BrokerToken) -> dict[str, Any]:
         "user_id": row.user_id,
         "revoked": row.revoked,
         "has_feed_token": row.feed_token_encrypted is not None,
+        "has_refresh_token": row.refresh_token_encrypted is not None,
+        "expires_at": row.expires_at,
         "updated_at": row.updated_at,
     }
 
@@ -99,14 +101,20 @@ async def get_broker_token(name: Username, session: SessionDep) -> BrokerTokenRe
 async def get_broker_secret(
     name: Username, session: SessionDep, state: StateDep
 ) -> BrokerTokenSecret:
-    """Read a user's broker tokens in plaintext; 404 when missing or revoked."""
-    row, auth_token, feed_token = await auth_repo.get_broker_secret(session, state.keyring, name)
+    """Read a user's broker tokens (auth, feed, refresh) in plaintext; 404 when missing or
+    revoked. An expired token is returned too, with its `expires_at`: the refresh token is
+    what renews it."""
+    row, auth_token, feed_token, refresh_token = await auth_repo.get_broker_secret(
+        session, state.keyring, name
+    )
     return BrokerTokenSecret(
         name=row.name,
         broker=row.broker,
         user_id=row.user_id,
         auth_token=auth_token,
         feed_token=feed_token,
+        refresh_token=refresh_token,
+        expires_at=row.expires_at,
     )
 
 
@@ -155,7 +163,8 @@ async def verify_api_key(
 
     Unknown key: 401 `api-key-unknown`. `include_auth` / `include_feed_token` need the `secrets`
     scope (403 before the key is looked at) and an active broker token: 404
-    `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked.
+    `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked,
+    410 `broker-token-expired` past its `expires_at` (`broker_token` is then `expired`).
     `auth_token` / `feed_token` appear only when asked for.
     """
     if (body.include_auth or body.include_feed_token) and not principal.has("secrets"):

@@ -9,12 +9,12 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import IP_SCHEMA, SecretText, text
+from service.schemas.types import IP_SCHEMA, SecretText, Timestamp, text
 from service.schemas.users import Username
 
 OrderMode = Literal["auto", "semi_auto"]
 LoginStatus = Literal["success", "failed", "resumed"]
-BrokerTokenState = Literal["active", "revoked", "missing"]
+BrokerTokenState = Literal["active", "expired", "revoked", "missing"]
 
 API_KEY_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"
 
@@ -45,6 +45,14 @@ class BrokerTokenPut(InputSchema):
 
     auth_token: BrokerSecret
     feed_token: BrokerSecret | None = None
+    refresh_token: BrokerSecret | None = Field(
+        default=None, description="Stored encrypted; only the secret endpoint returns it."
+    )
+    expires_at: Timestamp | None = Field(
+        default=None,
+        description="When the broker session ends: past it, verify and the order context "
+        "answer 410 `broker-token-expired` when the tokens are asked for. Omitted: no expiry.",
+    )
     broker: Broker
     user_id: str | None = text(
         255, default=None, description="The client id the broker knows the user by."
@@ -58,6 +66,8 @@ class BrokerTokenRead(BaseModel):
     user_id: str | None
     revoked: bool
     has_feed_token: bool
+    has_refresh_token: bool
+    expires_at: datetime | None
     updated_at: datetime
 
 
@@ -74,6 +84,10 @@ class BrokerTokenSecret(BaseModel):
     user_id: str | None
     auth_token: str
     feed_token: str | None
+    refresh_token: str | None
+    expires_at: datetime | None = Field(
+        description="Returned even when past: the refresh token is what renews the session."
+    )
 
 
 # --- API keys ----------------------------------------------------------------------------------
@@ -112,7 +126,8 @@ class ApiKeyVerification(BaseModel):
     order_mode: OrderMode
     broker: str | None = Field(description="The broker of the user's active broker token.")
     broker_token: BrokerTokenState = Field(
-        description="Whether the user has an active, a revoked or no broker token."
+        description="Whether the user has an active, an expired (past its `expires_at`), a "
+        "revoked or no broker token."
     )
     auth_token: str | None = Field(default=None, description="Only with include_auth.")
     feed_token: str | None = Field(default=None, description="Only with include_feed_token.")
