@@ -312,6 +312,8 @@ class TestSessions:
             "broker": "zerodha",
             "created_at": body["created_at"],
             "last_seen": body["created_at"],
+            "expires_at": body["expires_at"],
+            "data": None,
         }
         listed = await client.get("/api/v1/auth/sessions", params={"username": "alice"})
         assert listed.json() == {"items": [body]}

@@ -362,3 +362,117 @@ class TestExpiredBrokerToken:
         assert (await client.put(BROKER, json=renewed)).status_code == 200
         answer = await client.post("/api/v1/auth/api-keys/verify", json=verify)
         assert answer.status_code == 200 and answer.json()["auth_token"] == "broker-auth-2"
+
+
+# --- sessions: expiry and data -----------------------------------------------------------------
+
+SESSIONS = "/api/v1/auth/sessions"
+
+
+def _session(n: int, **fields: Any) -> dict[str, Any]:
+    return {"username": "alice", "session_id": f"session-{n:04d}", **fields}
+
+
+def _parse(at: str) -> datetime:
+    return datetime.fromisoformat(at)
+
+
+class TestSessionExpiry:
+    async def test_default_lifetime_is_the_setting(self, client_factory, db):
+        for hours in (24, 3):
+            client = await client_factory(
+                **({} if hours == 24 else {"SESSION_LIFETIME_HOURS": hours})
+            )
+            if hours == 24:
+                await _user(client)
+            body = (await client.post(SESSIONS, json=_session(hours))).json()
+            lifetime = _parse(body["expires_at"]) - _parse(body["created_at"])
+            assert lifetime == timedelta(hours=hours), body
+        rows = await _rows(db, "SELECT session_id, expires_at FROM sessions ORDER BY id")
+        assert [r["session_id"] for r in rows] == ["session-0024", "session-0003"]
+
+    async def test_given_expiry_and_data_are_kept(self, client, db):
+        await _user(client)
+        data = {"csrf": "abc", "cart": [1, 2], "nested": {"x": None}}
+        response = await client.post(
+            SESSIONS, json=_session(1, expires_at="2030-05-06T07:08:09+02:00", data=data)
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["expires_at"] == "2030-05-06T05:08:09Z" and body["data"] == data
+        assert (await client.get(SESSIONS)).json()["items"] == [body]
+        [row] = await _rows(db, "SELECT data FROM sessions")
+        assert _json(row["data"]) == data
+
+    async def test_bad_expiry_or_data_is_422_and_writes_nothing(self, client, db):
+        await _user(client)
+        for bad in (
+            {"expires_at": "2020-01-01T00:00:00Z"},
+            {"expires_at": "2030-01-01"},
+            {"data": {"k": "\x00"}},
+            {"data": "x" * (16 * 1024)},
+        ):
+            assert_problem(await client.post(SESSIONS, json=_session(1, **bad)), 422)
+        assert await _rows(db, "SELECT id FROM sessions") == []
+
+    async def _expire(self, db: AsyncEngine, session_id: str) -> None:
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        if BACKEND == "sqlite":
+            past = past.replace(tzinfo=None)
+        async with db.begin() as conn:
+            await conn.execute(
+                text("UPDATE sessions SET expires_at = :at WHERE session_id = :id"),
+                {"at": past, "id": session_id},
+            )
+
+    async def test_expired_sessions_are_not_listed_or_touched(self, client, db):
+        await _user(client)
+        for n in (1, 2):
+            await client.post(SESSIONS, json=_session(n, ip_address=f"10.0.0.{n}"))
+        await self._expire(db, "session-0001")
+        listed = (await client.get(SESSIONS, params={"username": "alice"})).json()["items"]
+        assert [s["session_id"] for s in listed] == ["session-0002"]
+        assert [s["session_id"] for s in (await client.get(SESSIONS)).json()["items"]] == [
+            "session-0002"
+        ]
+        [before] = await _rows(
+            db, "SELECT last_seen FROM sessions WHERE session_id = 'session-0001'"
+        )
+        assert_problem(await client.post(f"{SESSIONS}/session-0001/touch"), 404)
+        [after] = await _rows(
+            db, "SELECT last_seen FROM sessions WHERE session_id = 'session-0001'"
+        )
+        assert after == before
+        assert (await client.post(f"{SESSIONS}/session-0002/touch")).status_code == 204
+
+    async def test_expired_sessions_do_not_count_for_the_cap_and_go_at_login(self, client, db):
+        await _user(client)
+        for n in range(1, 6):
+            await client.post(SESSIONS, json=_session(n, ip_address=f"10.0.0.{n}"))
+        await self._expire(db, "session-0003")
+        await client.post(SESSIONS, json=_session(6, ip_address="10.0.0.6"))
+        ids = [
+            r["session_id"] for r in await _rows(db, "SELECT session_id FROM sessions ORDER BY id")
+        ]
+        # The expired one went, so the oldest live one (1) stays: five live sessions.
+        assert ids == [
+            "session-0001",
+            "session-0002",
+            "session-0004",
+            "session-0005",
+            "session-0006",
+        ]
+
+    async def test_retention_purges_expired_sessions(self, client, db):
+        await _user(client)
+        await _user(client, username="bob", email="bob@example.com")
+        await client.post(SESSIONS, json=_session(1))
+        await client.post(SESSIONS, json={**_session(2), "username": "bob"})
+        await client.post(SESSIONS, json=_session(3, ip_address="10.0.0.3"))
+        await self._expire(db, "session-0001")
+        await self._expire(db, "session-0002")
+        response = await client.delete("/api/v1/auth/expired-sessions")
+        assert response.status_code == 200 and response.json() == {"deleted": 2}
+        ids = [r["session_id"] for r in await _rows(db, "SELECT session_id FROM sessions")]
+        assert ids == ["session-0003"]
+        assert (await client.delete("/api/v1/auth/expired-sessions")).json() == {"deleted": 0}

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import audit
-from service.errors import AppError, NotFound
+from service.errors import AppError, NotFound, ValidationFailed
 from service.models.auth import BrokerToken, LoginAttempt, UserSession
 from service.models.base import utcnow
 from service.pagination import keyset, page
 from service.repositories import api_keys as api_keys_repo
+from service.repositories import logs as logs_repo
 from service.repositories import users as users_repo
 from service.schemas.auth import BrokerTokenPut, LoginAttemptCreate, SessionCreate
 from service.security import Keyring
@@ -152,14 +153,25 @@ async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
 # --- sessions ----------------------------------------------------------------------------------
 
 
-async def create_session(session: AsyncSession, data: SessionCreate) -> UserSession:
+def _live(now: datetime) -> ColumnElement[bool]:
+    return UserSession.expires_at > now
+
+
+async def create_session(
+    session: AsyncSession, data: SessionCreate, *, lifetime: timedelta
+) -> UserSession:
     """Register a login: it replaces the user's session from the same IP, and the oldest goes
-    when the user already has the maximum.
+    when the user already has the maximum. The user's expired sessions go first: they count
+    for nothing.
 
     Locking the user row serialises logins of one user, so the cap holds under concurrency.
     """
+    now = utcnow()
+    if data.expires_at is not None and data.expires_at <= now:
+        raise ValidationFailed.field(["body", "expires_at"], "must be in the future")
     await users_repo.get_user(session, data.username, lock=True)
     mine = UserSession.username == data.username
+    await session.execute(delete(UserSession).where(mine, ~_live(now)))
     if data.ip_address is not None:
         await session.execute(
             delete(UserSession).where(mine, UserSession.ip_address == data.ip_address)
@@ -172,8 +184,9 @@ async def create_session(session: AsyncSession, data: SessionCreate) -> UserSess
     surplus = len(ids) - (MAX_SESSIONS_PER_USER - 1)
     if surplus > 0:
         await session.execute(delete(UserSession).where(UserSession.id.in_(ids[:surplus])))
-    now = utcnow()
-    row = UserSession(**data.model_dump(), created_at=now, last_seen=now)
+    values = data.model_dump()
+    values["expires_at"] = (data.expires_at or now + lifetime).astimezone(UTC)
+    row = UserSession(**values, created_at=now, last_seen=now)
     session.add(row)
     await session.flush()
     return row
@@ -184,6 +197,7 @@ async def list_sessions(
 ) -> list[UserSession]:
     query = (
         select(UserSession)
+        .where(_live(utcnow()))
         .order_by(UserSession.last_seen.desc(), UserSession.id.desc())
         .limit(limit)
     )
@@ -197,8 +211,12 @@ def _no_session(session_id: str) -> NotFound:
 
 
 async def touch_session(session: AsyncSession, session_id: str) -> None:
+    """Mark a live session as seen; an expired one is as good as gone (404)."""
+    now = utcnow()
     result = await session.execute(
-        update(UserSession).where(UserSession.session_id == session_id).values(last_seen=utcnow())
+        update(UserSession)
+        .where(UserSession.session_id == session_id, _live(now))
+        .values(last_seen=now)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise _no_session(session_id)
@@ -214,6 +232,17 @@ async def delete_user_sessions(session: AsyncSession, username: str) -> int:
     result = await session.execute(delete(UserSession).where(UserSession.username == username))
     deleted: int = result.rowcount  # type: ignore[attr-defined]
     return deleted
+
+
+async def purge_expired_sessions(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """Delete the sessions past their expiry, in chunks as log retention does; how many went."""
+    table = UserSession.__table__
+    return await logs_repo.delete_before(
+        sessionmaker,
+        table,  # type: ignore[arg-type]
+        table.c.expires_at,
+        utcnow(),
+    )
 
 
 # --- login attempts ----------------------------------------------------------------------------

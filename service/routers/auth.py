@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Path, Query, status
@@ -238,9 +239,14 @@ async def set_order_mode(
     response_model=SessionRead,
     responses=problems(400, 404, 409, 415),
 )
-async def create_session(body: SessionCreate, session: SessionDep) -> SessionRead:
-    """Register a login; it replaces the user's session from the same IP, at most 5 per user."""
-    return SessionRead.model_validate(await auth_repo.create_session(session, body))
+async def create_session(body: SessionCreate, session: SessionDep, state: StateDep) -> SessionRead:
+    """Register a login; it replaces the user's session from the same IP, at most 5 per user
+    (expired ones count for nothing and go). It lasts until `expires_at`, by default
+    `SESSION_LIFETIME_HOURS` from now; `data` is a JSON document of at most 16 KiB."""
+    lifetime = timedelta(hours=state.settings.SESSION_LIFETIME_HOURS)
+    return SessionRead.model_validate(
+        await auth_repo.create_session(session, body, lifetime=lifetime)
+    )
 
 
 @router.get("/sessions", response_model=Items[SessionRead])
@@ -249,7 +255,7 @@ async def list_sessions(
     username: Annotated[str | None, query_text(80, description="Only this user's.")] = None,
     limit: ListLimitParam = MAX_LIMIT,
 ) -> Items[SessionRead]:
-    """List sessions, most recently seen first (at most `limit`)."""
+    """List live sessions, most recently seen first (at most `limit`); expired ones are not."""
     rows = await auth_repo.list_sessions(session, username, limit=limit)
     return Items(items=[SessionRead.model_validate(r) for r in rows])
 
@@ -260,7 +266,7 @@ async def list_sessions(
     responses=problems(404),
 )
 async def touch_session(session_id: SessionId, session: SessionDep) -> None:
-    """Mark a session as seen now."""
+    """Mark a session as seen now; 404 for an unknown or expired one."""
     await auth_repo.touch_session(session, session_id)
 
 
@@ -279,6 +285,12 @@ async def delete_user_sessions(
 ) -> Deleted:
     """End every session of a user."""
     return Deleted(deleted=await auth_repo.delete_user_sessions(session, username))
+
+
+@router.delete("/expired-sessions", response_model=Deleted)
+async def purge_expired_sessions(state: StateDep) -> Deleted:
+    """Retention: delete every session past its `expires_at`, in short transactions."""
+    return Deleted(deleted=await auth_repo.purge_expired_sessions(state.sessionmaker))
 
 
 # --- login attempts ----------------------------------------------------------------------------

@@ -9,7 +9,16 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import IP_SCHEMA, SecretText, Timestamp, text
+from service.schemas.types import (
+    IP_SCHEMA,
+    JsonDocument,
+    SecretText,
+    StoredJson,
+    Timestamp,
+    json_max_bytes,
+    json_size_rule,
+    text,
+)
 from service.schemas.users import Username
 
 OrderMode = Literal["auto", "semi_auto"]
@@ -136,12 +145,26 @@ class ApiKeyVerification(BaseModel):
 # --- sessions and login attempts ---------------------------------------------------------------
 
 
+SESSION_DATA_MAX_BYTES = 16 * 1024
+SessionData = Annotated[
+    JsonDocument,
+    json_max_bytes(SESSION_DATA_MAX_BYTES),
+    Field(description=json_size_rule(SESSION_DATA_MAX_BYTES)),
+]
+
+
 class SessionCreate(InputSchema):
     username: Username
     session_id: str = Field(pattern=r"^[A-Za-z0-9._~-]{8,128}$")
     device_info: str | None = text(500, default=None)
     ip_address: IpAddress | None = None
     broker: Broker | None = None
+    expires_at: Timestamp | None = Field(
+        default=None,
+        description="When the session ends; must be in the future (422 otherwise). Omitted: "
+        "`SESSION_LIFETIME_HOURS` (24 by default) from now.",
+    )
+    data: SessionData | None = None
 
 
 class SessionRead(Schema):
@@ -152,6 +175,10 @@ class SessionRead(Schema):
     broker: str | None
     created_at: datetime = Field(description="The login time.")
     last_seen: datetime
+    expires_at: datetime = Field(
+        description="Past it the session is not listed, not touched, and retention purges it."
+    )
+    data: StoredJson | None
 
 
 class LoginAttemptCreate(InputSchema):
