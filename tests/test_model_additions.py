@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -476,3 +477,65 @@ class TestSessionExpiry:
         ids = [r["session_id"] for r in await _rows(db, "SELECT session_id FROM sessions")]
         assert ids == ["session-0003"]
         assert (await client.delete("/api/v1/auth/expired-sessions")).json() == {"deleted": 0}
+
+
+# --- strategies: definition --------------------------------------------------------------------
+
+FAMILIES = pytest.mark.parametrize(
+    "prefix, table",
+    [("/api/v1/strategies", "strategies"), ("/api/v1/chartink/strategies", "chartink_strategies")],
+    ids=["strategies", "chartink"],
+)
+DEFINITION = {"entry": {"rsi_below": 30, "ma": [20, 50]}, "exit": "trailing", "risk": 0.5}
+
+
+class TestStrategyDefinition:
+    @FAMILIES
+    async def test_created_read_updated_and_cleared(self, client, db, prefix, table):
+        body = {"name": "Momentum", "user_id": "alice", "is_intraday": False}
+        response = await client.post(prefix, json={**body, "definition": DEFINITION})
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert created["definition"] == DEFINITION
+        sid, webhook = created["id"], created["webhook_id"]
+        by_id = await client.get(f"{prefix}/{sid}")
+        assert by_id.json()["definition"] == DEFINITION
+        hook = f"{prefix}/by-webhook/{webhook}"
+        for _ in range(2):  # cold, then from the cache
+            assert (await client.get(hook)).json()["definition"] == DEFINITION
+        assert (await client.get(prefix)).json()["items"][0]["definition"] == DEFINITION
+        [row] = await _rows(db, f"SELECT definition FROM {table}")
+        assert _json(row["definition"]) == DEFINITION
+
+        changed = {"entry": {"rsi_below": 25}}
+        patched = await client.patch(f"{prefix}/{sid}", json={"definition": changed})
+        assert patched.status_code == 200 and patched.json()["definition"] == changed
+        # The cached by-webhook answer was invalidated by the change.
+        assert (await client.get(hook)).json()["definition"] == changed
+        renamed = await client.patch(f"{prefix}/{sid}", json={"name": "Renamed"})
+        assert renamed.json()["definition"] == changed
+        cleared = await client.patch(f"{prefix}/{sid}", json={"definition": None})
+        assert cleared.json()["definition"] is None
+        assert (await client.get(hook)).json()["definition"] is None
+
+    @FAMILIES
+    async def test_omitted_definition_is_null(self, client, prefix, table):
+        created = await client.post(
+            prefix, json={"name": "Plain", "user_id": "alice", "is_intraday": False}
+        )
+        assert created.json()["definition"] is None
+
+    @FAMILIES
+    async def test_size_limit_is_64_kib_and_bad_values_are_422(self, client, db, prefix, table):
+        body = {"name": "Big", "user_id": "alice", "is_intraday": False}
+        fits = "x" * (64 * 1024 - 2)
+        created = await client.post(prefix, json={**body, "definition": fits})
+        assert created.status_code == 201, created.text
+        for bad in (fits + "x", {"k": "\x00"}, [2**64]):
+            assert_problem(await client.post(prefix, json={**body, "definition": bad}), 422)
+            patched = await client.patch(
+                f"{prefix}/{created.json()['id']}", json={"definition": bad}
+            )
+            assert_problem(patched, 422)
+        rows = await _rows(db, f"SELECT definition FROM {table}")
+        assert [_json(r["definition"]) for r in rows] == [fits]

@@ -15,7 +15,15 @@ from pydantic_core import CoreSchema
 
 from service.models.strategies import EXCHANGE_LENGTH, NAME_LENGTH, SYMBOL_LENGTH
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import INT32_MAX, INTEGRAL, text
+from service.schemas.types import (
+    INT32_MAX,
+    INTEGRAL,
+    JsonDocument,
+    StoredJson,
+    json_max_bytes,
+    json_size_rule,
+    text,
+)
 
 MAX_BATCH = 1000
 
@@ -41,6 +49,16 @@ Quantity = Annotated[int, Field(gt=0, le=INT32_MAX), INTEGRAL]
 
 TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 
+DEFINITION_MAX_BYTES = 64 * 1024
+Definition = Annotated[
+    JsonDocument,
+    json_max_bytes(DEFINITION_MAX_BYTES),
+    Field(
+        description="The strategy's own definition, kept as given. "
+        + json_size_rule(DEFINITION_MAX_BYTES)
+    ),
+]
+
 
 # --- strategies --------------------------------------------------------------------------------
 
@@ -55,6 +73,7 @@ class ChartinkStrategyCreate(InputSchema):
     start_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["start_time"]])
     end_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["end_time"]])
     squareoff_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["squareoff_time"]])
+    definition: Definition | None = None
 
 
 class StrategyCreate(ChartinkStrategyCreate):
@@ -73,6 +92,7 @@ class ChartinkStrategyUpdate(InputSchema):
     start_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["start_time"]])
     end_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["end_time"]])
     squareoff_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["squareoff_time"]])
+    definition: Definition | None = Field(default=None, description="null clears it.")
 
 
 class StrategyUpdate(ChartinkStrategyUpdate):
@@ -91,6 +111,7 @@ class ChartinkStrategyRead(Schema):
     start_time: str | None
     end_time: str | None
     squareoff_time: str | None
+    definition: StoredJson | None
     created_at: datetime
     updated_at: datetime
 
