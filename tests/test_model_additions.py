@@ -408,7 +408,6 @@ class TestSessionExpiry:
     async def test_bad_expiry_or_data_is_422_and_writes_nothing(self, client, db):
         await _user(client)
         for bad in (
-            {"expires_at": "2020-01-01T00:00:00Z"},
             {"expires_at": "2030-01-01"},
             {"data": {"k": "\x00"}},
             {"data": "x" * (16 * 1024)},
@@ -463,6 +462,16 @@ class TestSessionExpiry:
             "session-0005",
             "session-0006",
         ]
+
+    async def test_a_past_expiry_makes_a_session_expired_at_once(self, client, db):
+        await _user(client)
+        response = await client.post(SESSIONS, json=_session(1, expires_at="2020-01-01T00:00:00Z"))
+        assert (
+            response.status_code == 201 and response.json()["expires_at"] == "2020-01-01T00:00:00Z"
+        )
+        assert (await client.get(SESSIONS)).json() == {"items": []}
+        assert_problem(await client.post(f"{SESSIONS}/session-0001/touch"), 404)
+        assert (await client.delete("/api/v1/auth/expired-sessions")).json() == {"deleted": 1}
 
     async def test_retention_purges_expired_sessions(self, client, db):
         await _user(client)

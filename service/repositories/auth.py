@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import audit
-from service.errors import AppError, NotFound, ValidationFailed
+from service.errors import AppError, NotFound
 from service.models.auth import BrokerToken, LoginAttempt, UserSession
 from service.models.base import utcnow
 from service.pagination import keyset, page
@@ -167,8 +167,6 @@ async def create_session(
     Locking the user row serialises logins of one user, so the cap holds under concurrency.
     """
     now = utcnow()
-    if data.expires_at is not None and data.expires_at <= now:
-        raise ValidationFailed.field(["body", "expires_at"], "must be in the future")
     await users_repo.get_user(session, data.username, lock=True)
     mine = UserSession.username == data.username
     await session.execute(delete(UserSession).where(mine, ~_live(now)))

@@ -161,8 +161,9 @@ class SessionCreate(InputSchema):
     broker: Broker | None = None
     expires_at: Timestamp | None = Field(
         default=None,
-        description="When the session ends; must be in the future (422 otherwise). Omitted: "
-        "`SESSION_LIFETIME_HOURS` (24 by default) from now.",
+        description="When the session ends (a time already past makes a session that is "
+        "expired at once: stored, never listed). Omitted: `SESSION_LIFETIME_HOURS` (24 by "
+        "default) from now.",
     )
     data: SessionData | None = None
 
