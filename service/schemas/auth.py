@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
 from service.schemas.types import (
     IP_SCHEMA,
-    JsonDocument,
+    JSON_RULES,
     SecretText,
     StoredJson,
     Timestamp,
+    json_input_schema,
     json_max_bytes,
-    json_size_rule,
     text,
 )
 from service.schemas.users import Username
@@ -147,9 +147,10 @@ class ApiKeyVerification(BaseModel):
 
 SESSION_DATA_MAX_BYTES = 16 * 1024
 SessionData = Annotated[
-    JsonDocument,
+    Any,
+    JSON_RULES,
     json_max_bytes(SESSION_DATA_MAX_BYTES),
-    Field(description=json_size_rule(SESSION_DATA_MAX_BYTES)),
+    json_input_schema(SESSION_DATA_MAX_BYTES),
 ]
 
 

@@ -18,10 +18,10 @@ from service.schemas.base import InputSchema, Schema
 from service.schemas.types import (
     INT32_MAX,
     INTEGRAL,
-    JsonDocument,
+    JSON_RULES,
     StoredJson,
+    json_input_schema,
     json_max_bytes,
-    json_size_rule,
     text,
 )
 
@@ -51,12 +51,10 @@ TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 
 DEFINITION_MAX_BYTES = 64 * 1024
 Definition = Annotated[
-    JsonDocument,
+    Any,
+    JSON_RULES,
     json_max_bytes(DEFINITION_MAX_BYTES),
-    Field(
-        description="The strategy's own definition, kept as given. "
-        + json_size_rule(DEFINITION_MAX_BYTES)
-    ),
+    json_input_schema(DEFINITION_MAX_BYTES, "The strategy's own definition, kept as given. "),
 ]
 
 

@@ -306,11 +306,26 @@ def json_max_bytes(max_bytes: int) -> AfterValidator:
     return AfterValidator(_size)
 
 
-def json_size_rule(max_bytes: int) -> str:
-    return (
-        f"Any JSON value of at most {max_bytes} bytes serialised as compact UTF-8 JSON "
-        "(more: 422), with no NUL (\\u0000) in its strings or keys and numbers within the "
-        "signed 64-bit range."
+JSON_RULES = AfterValidator(_json_document)
+
+
+def json_input_schema(max_bytes: int, what: str = "") -> WithJsonSchema:
+    """The schema of a size-limited JSON body field: the shared `JsonValue` component (which the
+    response models using StoredJson define) with the size rule in its description.
+
+    Written out rather than generated: a body field generating `JsonValue` in validation mode
+    next to the responses' serialization mode would make FastAPI split the component into
+    `JsonValue-Input` and `-Output`, and the component's self-references would name neither.
+    """
+    return WithJsonSchema(
+        {
+            # Under allOf: pydantic resolves a bare $ref next to a description, and this one
+            # is FastAPI's to resolve.
+            "allOf": [{"$ref": "#/components/schemas/JsonValue"}],
+            "description": f"{what}Any JSON value of at most {max_bytes} bytes serialised as "
+            "compact UTF-8 JSON (more: 422), with no NUL (\\u0000) in its strings or keys and "
+            "numbers within the signed 64-bit range.",
+        }
     )
 
 

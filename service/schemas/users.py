@@ -9,12 +9,12 @@ from pydantic import BaseModel, Field, RootModel, SecretStr
 
 from service.schemas.base import InputSchema, Schema
 from service.schemas.types import (
+    JSON_RULES,
     EmailAddress,
-    JsonDocument,
     SecretText,
     StoredJson,
+    json_input_schema,
     json_max_bytes,
-    json_size_rule,
     text,
 )
 
@@ -111,9 +111,7 @@ class TotpCode(InputSchema):
 PREFERENCE_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 PREFERENCE_MAX_BYTES = 16 * 1024
 PreferenceValue = Annotated[
-    JsonDocument,
-    json_max_bytes(PREFERENCE_MAX_BYTES),
-    Field(description=json_size_rule(PREFERENCE_MAX_BYTES)),
+    Any, JSON_RULES, json_max_bytes(PREFERENCE_MAX_BYTES), json_input_schema(PREFERENCE_MAX_BYTES)
 ]
 
 
