@@ -68,6 +68,8 @@ USER = Resource(
             "totp_required_for_login",
             "totp_required_for_mcp",
             "totp_required_for_password_reset",
+            "first_name",
+            "last_name",
         ),
         "password": "password_hash",
         "totp_secret": "totp_secret_encrypted",
@@ -87,11 +89,12 @@ API_KEY = Resource(
 BROKER_TOKEN = Resource(
     "broker_token",
     {
-        **_same_names("name", "broker", "user_id", "revoked"),
+        **_same_names("name", "broker", "user_id", "revoked", "expires_at"),
         "auth_token": "auth_token_encrypted",
         "feed_token": "feed_token_encrypted",
+        "refresh_token": "refresh_token_encrypted",
     },
-    secrets=frozenset({"auth_token", "feed_token"}),
+    secrets=frozenset({"auth_token", "feed_token", "refresh_token"}),
 )
 SETTINGS = Resource(
     "settings",

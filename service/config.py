@@ -107,6 +107,8 @@ class Settings(DatabaseSettings):
     IDEMPOTENCY_TTL_SECONDS: int = Field(86_400, ge=1, le=30 * 86_400)
     # Seconds a master-contract download may go without a report before it reads as failed.
     SYMBOL_DOWNLOAD_TIMEOUT: float = Field(300.0, gt=0, le=86400)
+    # Hours a web session lasts when its login gives no `expires_at` (a year at most).
+    SESSION_LIFETIME_HOURS: int = Field(24, ge=1, le=8784)
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

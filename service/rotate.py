@@ -27,7 +27,7 @@ BATCH = 500
 ENCRYPTED: list[tuple[type[Any], tuple[str, ...]]] = [
     (PlatformSettings, ("smtp_password_encrypted",)),
     (User, ("totp_secret_encrypted",)),
-    (BrokerToken, ("auth_token_encrypted", "feed_token_encrypted")),
+    (BrokerToken, ("auth_token_encrypted", "feed_token_encrypted", "refresh_token_encrypted")),
     (ApiKey, ("key_encrypted",)),
 ]
 

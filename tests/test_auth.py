@@ -52,6 +52,8 @@ class TestPutBrokerToken:
             "user_id": "AB1234",
             "revoked": False,
             "has_feed_token": True,
+            "has_refresh_token": False,
+            "expires_at": None,
             "updated_at": body["updated_at"],
             "changed": True,
         }
@@ -125,6 +127,8 @@ class TestReadBrokerToken:
             "user_id",
             "revoked",
             "has_feed_token",
+            "has_refresh_token",
+            "expires_at",
             "updated_at",
         }
         assert "broker-auth-token-1" not in response.text
@@ -139,6 +143,8 @@ class TestReadBrokerToken:
             "user_id": None,
             "auth_token": "broker-auth-token-1",
             "feed_token": "broker-feed-token-1",
+            "refresh_token": None,
+            "expires_at": None,
         }
         denied = await client.get("/api/v1/auth/broker-tokens/alice/secret", headers=auth(RW_TOKEN))
         assert_problem(denied, 403, "forbidden")
@@ -306,6 +312,8 @@ class TestSessions:
             "broker": "zerodha",
             "created_at": body["created_at"],
             "last_seen": body["created_at"],
+            "expires_at": body["expires_at"],
+            "data": None,
         }
         listed = await client.get("/api/v1/auth/sessions", params={"username": "alice"})
         assert listed.json() == {"items": [body]}

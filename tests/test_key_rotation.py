@@ -90,6 +90,7 @@ async def test_rotation_keeps_every_secret(client_factory, settings_factory, db,
         "users.totp_secret_encrypted": 2,
         "broker_tokens.auth_token_encrypted": 1,
         "broker_tokens.feed_token_encrypted": 1,
+        "broker_tokens.refresh_token_encrypted": 0,
         "api_keys.key_encrypted": 2,
         "api_keys.key_digest": 1,
     }
@@ -150,6 +151,7 @@ async def test_secret_under_an_unknown_key_is_a_409_problem(client_factory, sett
         "users.totp_secret_encrypted.unreadable": 1,
         "broker_tokens.auth_token_encrypted": 0,  # stored again above, under the new key
         "broker_tokens.feed_token_encrypted": 0,
+        "broker_tokens.refresh_token_encrypted": 0,
         "api_keys.key_encrypted": 0,
         "api_keys.key_encrypted.unreadable": 1,
         "api_keys.key_digest": 0,

@@ -74,6 +74,7 @@ STRATEGY_FIELDS = {
     "start_time",
     "end_time",
     "squareoff_time",
+    "definition",
     "created_at",
     "updated_at",
 }
@@ -152,6 +153,7 @@ class TestCreateStrategy:
             "webhook_id": body["webhook_id"],
             "is_active": True,
             "is_intraday": True,
+            "definition": None,
             "created_at": body["created_at"],
             "updated_at": body["updated_at"],
         }

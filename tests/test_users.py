@@ -82,7 +82,10 @@ class TestCreateUser:
             "totp_required_for_login": False,
             "totp_required_for_mcp": False,
             "totp_required_for_password_reset": False,
+            "first_name": None,
+            "last_name": None,
             "created_at": body["created_at"],
+            "updated_at": body["updated_at"],
         }
         [row] = await _rows(db)
         assert row["password_hash"].startswith("$argon2id$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -479,7 +479,15 @@ async def import_sessions(ctx: Context, source: LegacyFile) -> None:
             except Skip as reason:
                 report.skip(str(reason), legacy["id"])
                 continue
-            rows[item.session_id] = {**item.model_dump(), "created_at": login, "last_seen": seen}
+            # The legacy layer kept no expiry: the session lasts the configured lifetime from
+            # its last activity, as the migration gives sessions that predate expiry.
+            expires = seen + timedelta(hours=ctx.settings.SESSION_LIFETIME_HOURS)
+            rows[item.session_id] = {
+                **item.model_dump(),
+                "created_at": login,
+                "last_seen": seen,
+                "expires_at": expires,
+            }
         async with ctx.batch() as session:
             present = set(
                 await session.scalars(

@@ -9,11 +9,12 @@ typed, known or not.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.models.base import Base, TimestampMixin, utcnow
+from service.models.base import Base, JSONDocument, TimestampMixin, utcnow
 
 ORDER_MODES = ("auto", "semi_auto")
 LOGIN_STATUSES = ("success", "failed", "resumed")
@@ -32,6 +33,9 @@ class BrokerToken(TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(80), _user_fk(), unique=True)
     auth_token_encrypted: Mapped[str | None] = mapped_column(String(8192))
     feed_token_encrypted: Mapped[str | None] = mapped_column(String(8192))
+    refresh_token_encrypted: Mapped[str | None] = mapped_column(String(8192))
+    # When the broker session ends: past it, the tokens are not handed out (410).
+    expires_at: Mapped[datetime | None] = mapped_column()
     broker: Mapped[str] = mapped_column(String(32))
     # The client id the broker knows the user by (not a platform user).
     user_id: Mapped[str | None] = mapped_column(String(255))
@@ -71,6 +75,10 @@ class UserSession(TimestampMixin, Base):
     ip_address: Mapped[str | None] = mapped_column(String(45))
     broker: Mapped[str | None] = mapped_column(String(32))
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    # Past it the session is gone for every read; retention deletes the row. Always set: null
+    # only in the migration's window before it gives existing rows their lifetime.
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    data: Mapped[Any | None] = mapped_column(JSONDocument)
 
 
 class LoginAttempt(TimestampMixin, Base):

@@ -10,11 +10,12 @@ above the models never tells them apart.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.models.base import Base, TimestampMixin, utcnow
+from service.models.base import Base, JSONDocument, TimestampMixin, utcnow
 
 NAME_LENGTH = 255
 SYMBOL_LENGTH = 50
@@ -31,6 +32,7 @@ class _StrategyColumns(TimestampMixin):
     start_time: Mapped[str | None] = mapped_column(String(5))
     end_time: Mapped[str | None] = mapped_column(String(5))
     squareoff_time: Mapped[str | None] = mapped_column(String(5))
+    definition: Mapped[Any | None] = mapped_column(JSONDocument)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -127,6 +127,7 @@ _LOOKUP = select(
     BrokerToken.revoked,
     BrokerToken.auth_token_encrypted,
     BrokerToken.feed_token_encrypted,
+    BrokerToken.expires_at,
 ).outerjoin(BrokerToken, BrokerToken.name == ApiKey.user_id)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import audit
 from service.errors import AppError, NotFound
@@ -14,6 +14,7 @@ from service.models.auth import BrokerToken, LoginAttempt, UserSession
 from service.models.base import utcnow
 from service.pagination import keyset, page
 from service.repositories import api_keys as api_keys_repo
+from service.repositories import logs as logs_repo
 from service.repositories import users as users_repo
 from service.schemas.auth import BrokerTokenPut, LoginAttemptCreate, SessionCreate
 from service.security import Keyring
@@ -38,6 +39,10 @@ async def get_broker_token(session: AsyncSession, name: str, *, lock: bool = Fal
     return row
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    return at.astimezone(UTC) if at is not None else None
+
+
 def _same_secret(keyring: Keyring, ciphertext: str | None, plaintext: str | None) -> bool:
     if ciphertext is None or plaintext is None:
         return ciphertext is None and plaintext is None
@@ -60,6 +65,11 @@ async def put_broker_token(
     feed_token = (
         None if data.revoked or data.feed_token is None else data.feed_token.get_secret_value()
     )
+    refresh_token = (
+        None
+        if data.revoked or data.refresh_token is None
+        else data.refresh_token.get_secret_value()
+    )
     # Encrypted again, a token reads as changed by its ciphertext: these are known to be the same.
     same_tokens = (
         []
@@ -69,14 +79,16 @@ async def put_broker_token(
             for field, stored, given in (
                 ("auth_token", row.auth_token_encrypted, auth_token),
                 ("feed_token", row.feed_token_encrypted, feed_token),
+                ("refresh_token", row.refresh_token_encrypted, refresh_token),
             )
             if _same_secret(keyring, stored, given)
         ]
     )
     changed = (
         row is None
-        or (row.broker, row.user_id, row.revoked) != (data.broker, data.user_id, data.revoked)
-        or len(same_tokens) < 2
+        or (row.broker, row.user_id, row.revoked, row.expires_at)
+        != (data.broker, data.user_id, data.revoked, _utc(data.expires_at))
+        or len(same_tokens) < 3
     )
     before = audit.BROKER_TOKEN.snapshot_if(row)
     if row is None:
@@ -87,6 +99,11 @@ async def put_broker_token(
     row.revoked = data.revoked
     row.auth_token_encrypted = keyring.encrypt(auth_token) if auth_token is not None else None
     row.feed_token_encrypted = keyring.encrypt(feed_token) if feed_token is not None else None
+    row.refresh_token_encrypted = (
+        keyring.encrypt(refresh_token) if refresh_token is not None else None
+    )
+    # In UTC, as it reads back: the answer, the cached KeyOwner and the audit trail agree.
+    row.expires_at = None if data.revoked else _utc(data.expires_at)
     await session.flush()
     await api_keys_repo.invalidate_user(session, name)
     await audit.record(
@@ -103,12 +120,19 @@ async def put_broker_token(
 
 async def get_broker_secret(
     session: AsyncSession, keyring: Keyring, name: str
-) -> tuple[BrokerToken, str, str | None]:
+) -> tuple[BrokerToken, str, str | None, str | None]:
+    """The row and its auth, feed and refresh tokens in plaintext. An expired token is still
+    returned: its refresh token is what renews it."""
     row = await get_broker_token(session, name)
     if row.revoked or row.auth_token_encrypted is None:
         raise NotFound(f"The broker token of {name!r} is revoked.")
-    feed = row.feed_token_encrypted
-    return row, keyring.decrypt(row.auth_token_encrypted), keyring.decrypt(feed) if feed else None
+    feed, refresh = row.feed_token_encrypted, row.refresh_token_encrypted
+    return (
+        row,
+        keyring.decrypt(row.auth_token_encrypted),
+        keyring.decrypt(feed) if feed else None,
+        keyring.decrypt(refresh) if refresh else None,
+    )
 
 
 async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
@@ -118,6 +142,7 @@ async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
     row.revoked = True
     row.auth_token_encrypted = None
     row.feed_token_encrypted = None
+    row.refresh_token_encrypted = None
     await session.flush()
     await api_keys_repo.invalidate_user(session, name)
     after = audit.BROKER_TOKEN.snapshot(row)
@@ -128,14 +153,23 @@ async def revoke_broker_token(session: AsyncSession, name: str) -> BrokerToken:
 # --- sessions ----------------------------------------------------------------------------------
 
 
-async def create_session(session: AsyncSession, data: SessionCreate) -> UserSession:
+def _live(now: datetime) -> ColumnElement[bool]:
+    return UserSession.expires_at > now
+
+
+async def create_session(
+    session: AsyncSession, data: SessionCreate, *, lifetime: timedelta
+) -> UserSession:
     """Register a login: it replaces the user's session from the same IP, and the oldest goes
-    when the user already has the maximum.
+    when the user already has the maximum. The user's expired sessions go first: they count
+    for nothing.
 
     Locking the user row serialises logins of one user, so the cap holds under concurrency.
     """
+    now = utcnow()
     await users_repo.get_user(session, data.username, lock=True)
     mine = UserSession.username == data.username
+    await session.execute(delete(UserSession).where(mine, ~_live(now)))
     if data.ip_address is not None:
         await session.execute(
             delete(UserSession).where(mine, UserSession.ip_address == data.ip_address)
@@ -148,8 +182,9 @@ async def create_session(session: AsyncSession, data: SessionCreate) -> UserSess
     surplus = len(ids) - (MAX_SESSIONS_PER_USER - 1)
     if surplus > 0:
         await session.execute(delete(UserSession).where(UserSession.id.in_(ids[:surplus])))
-    now = utcnow()
-    row = UserSession(**data.model_dump(), created_at=now, last_seen=now)
+    values = data.model_dump()
+    values["expires_at"] = (data.expires_at or now + lifetime).astimezone(UTC)
+    row = UserSession(**values, created_at=now, last_seen=now)
     session.add(row)
     await session.flush()
     return row
@@ -160,6 +195,7 @@ async def list_sessions(
 ) -> list[UserSession]:
     query = (
         select(UserSession)
+        .where(_live(utcnow()))
         .order_by(UserSession.last_seen.desc(), UserSession.id.desc())
         .limit(limit)
     )
@@ -173,8 +209,12 @@ def _no_session(session_id: str) -> NotFound:
 
 
 async def touch_session(session: AsyncSession, session_id: str) -> None:
+    """Mark a live session as seen; an expired one is as good as gone (404)."""
+    now = utcnow()
     result = await session.execute(
-        update(UserSession).where(UserSession.session_id == session_id).values(last_seen=utcnow())
+        update(UserSession)
+        .where(UserSession.session_id == session_id, _live(now))
+        .values(last_seen=now)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise _no_session(session_id)
@@ -190,6 +230,17 @@ async def delete_user_sessions(session: AsyncSession, username: str) -> int:
     result = await session.execute(delete(UserSession).where(UserSession.username == username))
     deleted: int = result.rowcount  # type: ignore[attr-defined]
     return deleted
+
+
+async def purge_expired_sessions(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """Delete the sessions past their expiry, in chunks as log retention does; how many went."""
+    table = UserSession.__table__
+    return await logs_repo.delete_before(
+        sessionmaker,
+        table,  # type: ignore[arg-type]
+        table.c.expires_at,
+        utcnow(),
+    )
 
 
 # --- login attempts ----------------------------------------------------------------------------

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import audit, totp
 from service.errors import Conflict, NotFound
 from service.models.auth import ApiKey, BrokerToken
-from service.models.users import User
+from service.models.base import utcnow
+from service.models.users import User, UserPreference
 from service.schemas.users import UserCreate, UserUpdate
 from service.security import Keyring
 
@@ -70,11 +71,16 @@ async def create_user(
     if taken is not None:
         what = "username" if taken.username == data.username else "email"
         raise Conflict(f"A user with this {what} exists already.")
+    now = utcnow()
     user = User(
+        created_at=now,
+        updated_at=now,
         username=data.username,
         email=data.email,
         password_hash=password_hash,
         is_admin=data.is_admin,
+        first_name=data.first_name,
+        last_name=data.last_name,
         totp_secret_encrypted=keyring.encrypt(totp.new_secret()),
     )
     session.add(user)
@@ -177,3 +183,58 @@ async def verify_totp(session: AsyncSession, keyring: Keyring, username: str, co
         .execution_options(synchronize_session=False)
     )
     return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+# --- preferences -------------------------------------------------------------------------------
+
+
+def _no_preference(username: str, key: str) -> NotFound:
+    return NotFound(f"User {username!r} has no preference {key!r}.")
+
+
+async def list_preferences(session: AsyncSession, username: str) -> dict[str, Any]:
+    await require_user(session, username)
+    rows = await session.execute(
+        select(UserPreference.key, UserPreference.value)
+        .where(UserPreference.username == username)
+        .order_by(UserPreference.key)
+    )
+    return {row.key: row.value for row in rows}
+
+
+async def get_preference(session: AsyncSession, username: str, key: str) -> UserPreference:
+    await require_user(session, username)
+    row = await session.scalar(
+        select(UserPreference).where(UserPreference.username == username, UserPreference.key == key)
+    )
+    if row is None:
+        raise _no_preference(username, key)
+    return row
+
+
+async def put_preference(
+    session: AsyncSession, username: str, key: str, value: Any
+) -> tuple[UserPreference, bool]:
+    """Set one preference; (the row, whether it was created). The user row is locked, so two
+    first writes of one key cannot both insert."""
+    await get_user(session, username, lock=True)
+    row = await session.scalar(
+        select(UserPreference).where(UserPreference.username == username, UserPreference.key == key)
+    )
+    created = row is None
+    if row is None:
+        row = UserPreference(username=username, key=key)
+        session.add(row)
+    row.value = value
+    row.updated_at = utcnow()
+    await session.flush()
+    return row, created
+
+
+async def delete_preference(session: AsyncSession, username: str, key: str) -> None:
+    await require_user(session, username)
+    result = await session.execute(
+        delete(UserPreference).where(UserPreference.username == username, UserPreference.key == key)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise _no_preference(username, key)

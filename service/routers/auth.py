@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Path, Query, status
@@ -60,6 +61,8 @@ def _metadata(row: BrokerToken) -> dict[str, Any]:
         "user_id": row.user_id,
         "revoked": row.revoked,
         "has_feed_token": row.feed_token_encrypted is not None,
+        "has_refresh_token": row.refresh_token_encrypted is not None,
+        "expires_at": row.expires_at,
         "updated_at": row.updated_at,
     }
 
@@ -100,14 +103,20 @@ async def get_broker_token(name: Username, session: SessionDep) -> BrokerTokenRe
 async def get_broker_secret(
     name: Username, session: SessionDep, state: StateDep
 ) -> BrokerTokenSecret:
-    """Read a user's broker tokens in plaintext; 404 when missing or revoked."""
-    row, auth_token, feed_token = await auth_repo.get_broker_secret(session, state.keyring, name)
+    """Read a user's broker tokens (auth, feed, refresh) in plaintext; 404 when missing or
+    revoked. An expired token is returned too, with its `expires_at`: the refresh token is
+    what renews it."""
+    row, auth_token, feed_token, refresh_token = await auth_repo.get_broker_secret(
+        session, state.keyring, name
+    )
     return BrokerTokenSecret(
         name=row.name,
         broker=row.broker,
         user_id=row.user_id,
         auth_token=auth_token,
         feed_token=feed_token,
+        refresh_token=refresh_token,
+        expires_at=row.expires_at,
     )
 
 
@@ -157,7 +166,8 @@ async def verify_api_key(
 
     Unknown key: 401 `api-key-unknown`. `include_auth` / `include_feed_token` need the `secrets`
     scope (403 before the key is looked at) and an active broker token: 404
-    `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked.
+    `broker-token-missing` when the user has none, 410 `broker-token-revoked` when it was revoked,
+    410 `broker-token-expired` past its `expires_at` (`broker_token` is then `expired`).
     `auth_token` / `feed_token` appear only when asked for.
     """
     if (body.include_auth or body.include_feed_token) and not principal.has("secrets"):
@@ -231,9 +241,14 @@ async def set_order_mode(
     response_model=SessionRead,
     responses=problems(400, 404, 409, 415),
 )
-async def create_session(body: SessionCreate, session: SessionDep) -> SessionRead:
-    """Register a login; it replaces the user's session from the same IP, at most 5 per user."""
-    return SessionRead.model_validate(await auth_repo.create_session(session, body))
+async def create_session(body: SessionCreate, session: SessionDep, state: StateDep) -> SessionRead:
+    """Register a login; it replaces the user's session from the same IP, at most 5 per user
+    (expired ones count for nothing and go). It lasts until `expires_at`, by default
+    `SESSION_LIFETIME_HOURS` from now; `data` is a JSON document of at most 16 KiB."""
+    lifetime = timedelta(hours=state.settings.SESSION_LIFETIME_HOURS)
+    return SessionRead.model_validate(
+        await auth_repo.create_session(session, body, lifetime=lifetime)
+    )
 
 
 @router.get("/sessions", response_model=Items[SessionRead])
@@ -242,7 +257,7 @@ async def list_sessions(
     username: Annotated[str | None, query_text(80, description="Only this user's.")] = None,
     limit: ListLimitParam = MAX_LIMIT,
 ) -> Items[SessionRead]:
-    """List sessions, most recently seen first (at most `limit`)."""
+    """List live sessions, most recently seen first (at most `limit`); expired ones are not."""
     rows = await auth_repo.list_sessions(session, username, limit=limit)
     return Items(items=[SessionRead.model_validate(r) for r in rows])
 
@@ -253,7 +268,7 @@ async def list_sessions(
     responses=problems(404),
 )
 async def touch_session(session_id: SessionId, session: SessionDep) -> None:
-    """Mark a session as seen now."""
+    """Mark a session as seen now; 404 for an unknown or expired one."""
     await auth_repo.touch_session(session, session_id)
 
 
@@ -272,6 +287,12 @@ async def delete_user_sessions(
 ) -> Deleted:
     """End every session of a user."""
     return Deleted(deleted=await auth_repo.delete_user_sessions(session, username))
+
+
+@router.delete("/expired-sessions", response_model=Deleted)
+async def purge_expired_sessions(state: StateDep) -> Deleted:
+    """Retention: delete every session past its `expires_at`, in short transactions."""
+    return Deleted(deleted=await auth_repo.purge_expired_sessions(state.sessionmaker))
 
 
 # --- login attempts ----------------------------------------------------------------------------

@@ -50,8 +50,8 @@ async def get_order_context(
 
     Answered from the same caches as verify, tokens/lookup and GET /settings. Problems, in this
     order: 403 tokens asked for without the `secrets` scope; 401 `api-key-unknown`; 404
-    `broker-token-missing` / 410 `broker-token-revoked` (only when tokens are asked for, as for
-    verify: otherwise `broker_token` says the state); 404 `symbol-unknown` naming the symbol and
+    `broker-token-missing` / 410 `broker-token-revoked` / 410 `broker-token-expired` (only when
+    tokens are asked for, as for verify: otherwise `broker_token` says the state); 404 `symbol-unknown` naming the symbol and
     exchange.
     """
     answer = await orders.authorise_key(

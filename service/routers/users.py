@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Query, status
+from fastapi import Path, Query, Response, status
 
 from service import accounts
 from service.db import SessionDep
@@ -17,8 +17,12 @@ from service.routers.base import domain_router
 from service.schemas.base import Items
 from service.schemas.types import path_text, query_text
 from service.schemas.users import (
+    PREFERENCE_KEY_PATTERN,
     PasswordChange,
     PasswordCheck,
+    PreferencePut,
+    PreferenceRead,
+    Preferences,
     TotpCode,
     TotpSecret,
     UserCreate,
@@ -31,6 +35,14 @@ from service.state import StateDep
 
 # A username in a path: NUL-free, as long as the column allows.
 Username = Annotated[str, path_text(80)]
+PreferenceKey = Annotated[
+    str,
+    Path(
+        pattern=PREFERENCE_KEY_PATTERN,
+        max_length=64,
+        description="1-64 characters of A-Z a-z 0-9 _ . -",
+    ),
+]
 
 router = domain_router("/users", "users")
 
@@ -68,7 +80,7 @@ async def get_user(username: Username, session: SessionDep) -> UserRead:
 
 @router.patch("/{username}", response_model=UserRead, responses=problems(400, 404, 409, 415))
 async def update_user(username: Username, body: UserUpdate, session: SessionDep) -> UserRead:
-    """Change a user's email, admin flag or TOTP settings."""
+    """Change a user's email, names, admin flag or TOTP settings (omitted fields are kept)."""
     return UserRead.model_validate(await users_repo.update_user(session, username, body))
 
 
@@ -121,6 +133,54 @@ async def verify_totp(
 ) -> Validity:
     """Check a TOTP code (±1 step); a code once accepted is never accepted again."""
     return Validity(valid=await users_repo.verify_totp(session, state.keyring, username, body.code))
+
+
+@router.get("/{username}/preferences", response_model=Preferences, responses=problems(404))
+async def list_preferences(username: Username, session: SessionDep) -> Preferences:
+    """Every preference of the user, as `{key: value, …}`."""
+    return Preferences(await users_repo.list_preferences(session, username))
+
+
+@router.get("/{username}/preferences/{key}", response_model=PreferenceRead, responses=problems(404))
+async def get_preference(
+    username: Username, key: PreferenceKey, session: SessionDep
+) -> PreferenceRead:
+    """Read one preference; 404 for an unknown user or key."""
+    row = await users_repo.get_preference(session, username, key)
+    return PreferenceRead(key=row.key, value=row.value, updated_at=row.updated_at)
+
+
+@router.put(
+    "/{username}/preferences/{key}",
+    response_model=PreferenceRead,
+    responses={
+        201: {"model": PreferenceRead, "description": "Created"},
+        **problems(400, 404, 415),
+    },
+)
+async def put_preference(
+    username: Username,
+    key: PreferenceKey,
+    body: PreferencePut,
+    session: SessionDep,
+    response: Response,
+) -> PreferenceRead:
+    """Set one preference to a JSON value of at most 16 KiB serialised (more: 422); 201 when
+    the key is new, 200 when it replaced a value."""
+    row, created = await users_repo.put_preference(session, username, key, body.value)
+    if created:
+        response.status_code = status.HTTP_201_CREATED
+    return PreferenceRead(key=row.key, value=row.value, updated_at=row.updated_at)
+
+
+@router.delete(
+    "/{username}/preferences/{key}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(404),
+)
+async def delete_preference(username: Username, key: PreferenceKey, session: SessionDep) -> None:
+    """Delete one preference; 404 for an unknown user or key."""
+    await users_repo.delete_preference(session, username, key)
 
 
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))

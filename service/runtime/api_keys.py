@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.cache import ALL, CacheRegistry, InvalidationBus
 from service.db import short_transaction
 from service.errors import AppError
+from service.models.base import utcnow
 from service.repositories import api_keys as api_keys_repo
 from service.repositories.api_keys import TOPIC
 from service.security import Keyring, PasswordHasher, run_argon2
@@ -54,6 +56,16 @@ class BrokerTokenRevoked(AppError):
     )
 
 
+class BrokerTokenExpired(AppError):
+    status = 410
+    title = "Broker token expired"
+    type_ = "broker-token-expired"
+    default_detail = (
+        "The key is valid, but its user's broker token is past its expiry: log in to the broker "
+        "again (or renew it with its refresh token)."
+    )
+
+
 # --- verification ------------------------------------------------------------------------------
 
 
@@ -74,7 +86,11 @@ def _retrieve(task: asyncio.Future[object]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class KeyOwner:
-    """What a verified key answers. Broker tokens stay encrypted in memory."""
+    """What a verified key answers. Broker tokens stay encrypted in memory.
+
+    `broker_token` is the state as stored; whether an active token has expired is decided
+    against `expires_at` each time an answer is made (`token_state`), never when it is cached.
+    """
 
     user_id: str
     order_mode: str
@@ -82,6 +98,16 @@ class KeyOwner:
     broker: str | None
     auth_token_encrypted: str | None
     feed_token_encrypted: str | None
+    expires_at: datetime | None = None
+
+    def token_state(self) -> Literal["active", "expired", "revoked", "missing"]:
+        if (
+            self.broker_token == "active"
+            and self.expires_at is not None
+            and self.expires_at <= utcnow()
+        ):
+            return "expired"
+        return self.broker_token
 
 
 class ApiKeyVerifier:
@@ -195,6 +221,7 @@ class ApiKeyVerifier:
             broker=row.broker if row.broker is not None and not row.revoked else None,
             auth_token_encrypted=row.auth_token_encrypted,
             feed_token_encrypted=row.feed_token_encrypted,
+            expires_at=_aware(row.expires_at),
         )
         return owner, current
 
@@ -221,6 +248,12 @@ class ApiKeyVerifier:
             return False
 
 
+def _aware(at: datetime | None) -> datetime | None:
+    # The Core select reads the column through its UTCDateTime type already; a naive value
+    # (a driver that skipped it) is UTC, as every stored timestamp is.
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
 def verification(keyring: Keyring, owner: KeyOwner, *, auth: bool, feed: bool) -> dict[str, Any]:
     """The answer of a key verification (ApiKeyVerification's shape): the broker tokens in
     plaintext only when asked for, each field present only when asked for."""
@@ -228,7 +261,7 @@ def verification(keyring: Keyring, owner: KeyOwner, *, auth: bool, feed: bool) -
         "user_id": owner.user_id,
         "order_mode": owner.order_mode,
         "broker": owner.broker,
-        "broker_token": owner.broker_token,
+        "broker_token": owner.token_state(),
     }
     if auth or feed:
         auth_token, feed_token = broker_tokens(keyring, owner, auth=auth, feed=feed)
@@ -243,10 +276,16 @@ def broker_tokens(
     keyring: Keyring, owner: KeyOwner, *, auth: bool, feed: bool
 ) -> tuple[str | None, str | None]:
     """The owner's broker tokens in plaintext (each only if asked for), or why there are none."""
-    if owner.broker_token == "missing":
+    state = owner.token_state()
+    if state == "missing":
         raise BrokerTokenMissing(f"User {owner.user_id!r} has no broker token.")
-    if owner.broker_token == "revoked" or owner.auth_token_encrypted is None:
+    if state == "revoked" or owner.auth_token_encrypted is None:
         raise BrokerTokenRevoked(f"The broker token of {owner.user_id!r} is revoked.")
+    if state == "expired":
+        assert owner.expires_at is not None
+        raise BrokerTokenExpired(
+            f"The broker token of {owner.user_id!r} expired at {owner.expires_at.isoformat()}."
+        )
     auth_token = keyring.decrypt(owner.auth_token_encrypted) if auth else None
     feed_token = (
         keyring.decrypt(owner.feed_token_encrypted) if feed and owner.feed_token_encrypted else None

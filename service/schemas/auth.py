@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, WithJsonSchema
 
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import IP_SCHEMA, SecretText, text
+from service.schemas.types import (
+    IP_SCHEMA,
+    JSON_RULES,
+    SecretText,
+    StoredJson,
+    Timestamp,
+    json_input_schema,
+    json_max_bytes,
+    text,
+)
 from service.schemas.users import Username
 
 OrderMode = Literal["auto", "semi_auto"]
 LoginStatus = Literal["success", "failed", "resumed"]
-BrokerTokenState = Literal["active", "revoked", "missing"]
+BrokerTokenState = Literal["active", "expired", "revoked", "missing"]
 
 API_KEY_PATTERN = r"^[A-Za-z0-9_-]{32,128}$"
 
@@ -45,6 +54,14 @@ class BrokerTokenPut(InputSchema):
 
     auth_token: BrokerSecret
     feed_token: BrokerSecret | None = None
+    refresh_token: BrokerSecret | None = Field(
+        default=None, description="Stored encrypted; only the secret endpoint returns it."
+    )
+    expires_at: Timestamp | None = Field(
+        default=None,
+        description="When the broker session ends: past it, verify and the order context "
+        "answer 410 `broker-token-expired` when the tokens are asked for. Omitted: no expiry.",
+    )
     broker: Broker
     user_id: str | None = text(
         255, default=None, description="The client id the broker knows the user by."
@@ -58,6 +75,8 @@ class BrokerTokenRead(BaseModel):
     user_id: str | None
     revoked: bool
     has_feed_token: bool
+    has_refresh_token: bool
+    expires_at: datetime | None
     updated_at: datetime
 
 
@@ -74,6 +93,10 @@ class BrokerTokenSecret(BaseModel):
     user_id: str | None
     auth_token: str
     feed_token: str | None
+    refresh_token: str | None
+    expires_at: datetime | None = Field(
+        description="Returned even when past: the refresh token is what renews the session."
+    )
 
 
 # --- API keys ----------------------------------------------------------------------------------
@@ -112,7 +135,8 @@ class ApiKeyVerification(BaseModel):
     order_mode: OrderMode
     broker: str | None = Field(description="The broker of the user's active broker token.")
     broker_token: BrokerTokenState = Field(
-        description="Whether the user has an active, a revoked or no broker token."
+        description="Whether the user has an active, an expired (past its `expires_at`), a "
+        "revoked or no broker token."
     )
     auth_token: str | None = Field(default=None, description="Only with include_auth.")
     feed_token: str | None = Field(default=None, description="Only with include_feed_token.")
@@ -121,12 +145,28 @@ class ApiKeyVerification(BaseModel):
 # --- sessions and login attempts ---------------------------------------------------------------
 
 
+SESSION_DATA_MAX_BYTES = 16 * 1024
+SessionData = Annotated[
+    Any,
+    JSON_RULES,
+    json_max_bytes(SESSION_DATA_MAX_BYTES),
+    json_input_schema(SESSION_DATA_MAX_BYTES),
+]
+
+
 class SessionCreate(InputSchema):
     username: Username
     session_id: str = Field(pattern=r"^[A-Za-z0-9._~-]{8,128}$")
     device_info: str | None = text(500, default=None)
     ip_address: IpAddress | None = None
     broker: Broker | None = None
+    expires_at: Timestamp | None = Field(
+        default=None,
+        description="When the session ends (a time already past makes a session that is "
+        "expired at once: stored, never listed). Omitted: `SESSION_LIFETIME_HOURS` (24 by "
+        "default) from now.",
+    )
+    data: SessionData | None = None
 
 
 class SessionRead(Schema):
@@ -137,6 +177,10 @@ class SessionRead(Schema):
     broker: str | None
     created_at: datetime = Field(description="The login time.")
     last_seen: datetime
+    expires_at: datetime = Field(
+        description="Past it the session is not listed, not touched, and retention purges it."
+    )
+    data: StoredJson | None
 
 
 class LoginAttemptCreate(InputSchema):

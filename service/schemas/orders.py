@@ -48,7 +48,8 @@ class _KeyContext(BaseModel):
     order_mode: OrderMode
     broker: str | None = Field(description="The broker of the user's active broker token.")
     broker_token: BrokerTokenState = Field(
-        description="Whether the user has an active, a revoked or no broker token."
+        description="Whether the user has an active, an expired (past its `expires_at`), a "
+        "revoked or no broker token."
     )
     analyze_mode: bool = Field(description="The platform's analyze (paper trading) mode.")
     auth_token: str | None = Field(default=None, description="Only with include_auth.")

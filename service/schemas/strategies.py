@@ -15,7 +15,15 @@ from pydantic_core import CoreSchema
 
 from service.models.strategies import EXCHANGE_LENGTH, NAME_LENGTH, SYMBOL_LENGTH
 from service.schemas.base import InputSchema, Schema
-from service.schemas.types import INT32_MAX, INTEGRAL, text
+from service.schemas.types import (
+    INT32_MAX,
+    INTEGRAL,
+    JSON_RULES,
+    StoredJson,
+    json_input_schema,
+    json_max_bytes,
+    text,
+)
 
 MAX_BATCH = 1000
 
@@ -41,6 +49,14 @@ Quantity = Annotated[int, Field(gt=0, le=INT32_MAX), INTEGRAL]
 
 TIME_FIELDS = ("start_time", "end_time", "squareoff_time")
 
+DEFINITION_MAX_BYTES = 64 * 1024
+Definition = Annotated[
+    Any,
+    JSON_RULES,
+    json_max_bytes(DEFINITION_MAX_BYTES),
+    json_input_schema(DEFINITION_MAX_BYTES, "The strategy's own definition, kept as given. "),
+]
+
 
 # --- strategies --------------------------------------------------------------------------------
 
@@ -55,6 +71,7 @@ class ChartinkStrategyCreate(InputSchema):
     start_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["start_time"]])
     end_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["end_time"]])
     squareoff_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["squareoff_time"]])
+    definition: Definition | None = None
 
 
 class StrategyCreate(ChartinkStrategyCreate):
@@ -73,6 +90,7 @@ class ChartinkStrategyUpdate(InputSchema):
     start_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["start_time"]])
     end_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["end_time"]])
     squareoff_time: Time | None = Field(default=None, examples=[TIME_EXAMPLES["squareoff_time"]])
+    definition: Definition | None = Field(default=None, description="null clears it.")
 
 
 class StrategyUpdate(ChartinkStrategyUpdate):
@@ -91,6 +109,7 @@ class ChartinkStrategyRead(Schema):
     start_time: str | None
     end_time: str | None
     squareoff_time: str | None
+    definition: StoredJson | None
     created_at: datetime
     updated_at: datetime
 

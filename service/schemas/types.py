@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import email_validator
+import orjson
 from fastapi import Path, Query
 from pydantic import (
     AfterValidator,
@@ -288,6 +289,44 @@ def _json_document(value: Any) -> Any:
 # Input: every rule checked. Output: the same schema, no check (see JsonValue).
 JsonDocument = Annotated[Any, JsonValue, AfterValidator(_json_document)]
 StoredJson = Annotated[Any, JsonValue]
+
+
+def json_max_bytes(max_bytes: int) -> AfterValidator:
+    """A JsonDocument's size limit: at most `max_bytes` bytes serialised as compact UTF-8 JSON
+    (as orjson writes it), a 422 past it. JSON Schema has no word for a serialised size, so the
+    field's description states it (`json_size_rule`)."""
+
+    def _size(value: Any) -> Any:
+        if len(orjson.dumps(value)) > max_bytes:
+            raise PydanticCustomError(
+                "json_too_large", f"must be at most {max_bytes} bytes serialised as JSON"
+            )
+        return value
+
+    return AfterValidator(_size)
+
+
+JSON_RULES = AfterValidator(_json_document)
+
+
+def json_input_schema(max_bytes: int, what: str = "") -> WithJsonSchema:
+    """The schema of a size-limited JSON body field: the shared `JsonValue` component (which the
+    response models using StoredJson define) with the size rule in its description.
+
+    Written out rather than generated: a body field generating `JsonValue` in validation mode
+    next to the responses' serialization mode would make FastAPI split the component into
+    `JsonValue-Input` and `-Output`, and the component's self-references would name neither.
+    """
+    return WithJsonSchema(
+        {
+            # Under allOf: pydantic resolves a bare $ref next to a description, and this one
+            # is FastAPI's to resolve.
+            "allOf": [{"$ref": "#/components/schemas/JsonValue"}],
+            "description": f"{what}Any JSON value of at most {max_bytes} bytes serialised as "
+            "compact UTF-8 JSON (more: 422), with no NUL (\\u0000) in its strings or keys and "
+            "numbers within the signed 64-bit range.",
+        }
+    )
 
 
 # --- email addresses ---------------------------------------------------------------------------

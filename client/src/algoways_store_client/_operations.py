@@ -31,6 +31,12 @@ OPERATIONS: dict[str, Operation] = {
     "verify_password": Operation("POST", "/api/v1/users/{username}/verify-password", writes=False),
     "get_totp": Operation("GET", "/api/v1/users/{username}/totp", writes=False),
     "verify_totp": Operation("POST", "/api/v1/users/{username}/totp/verify", writes=True),
+    "list_preferences": Operation("GET", "/api/v1/users/{username}/preferences", writes=False),
+    "get_preference": Operation("GET", "/api/v1/users/{username}/preferences/{key}", writes=False),
+    "put_preference": Operation("PUT", "/api/v1/users/{username}/preferences/{key}", writes=False),
+    "delete_preference": Operation(
+        "DELETE", "/api/v1/users/{username}/preferences/{key}", writes=False
+    ),
     "put_broker_token": Operation("PUT", "/api/v1/auth/broker-tokens/{name}", writes=False),
     "get_broker_token": Operation("GET", "/api/v1/auth/broker-tokens/{name}", writes=False),
     "get_broker_secret": Operation("GET", "/api/v1/auth/broker-tokens/{name}/secret", writes=False),
@@ -47,6 +53,7 @@ OPERATIONS: dict[str, Operation] = {
     "delete_user_sessions": Operation("DELETE", "/api/v1/auth/sessions", writes=False),
     "touch_session": Operation("POST", "/api/v1/auth/sessions/{session_id}/touch", writes=True),
     "delete_session": Operation("DELETE", "/api/v1/auth/sessions/{session_id}", writes=False),
+    "purge_expired_sessions": Operation("DELETE", "/api/v1/auth/expired-sessions", writes=False),
     "create_login_attempt": Operation("POST", "/api/v1/auth/login-attempts", writes=True),
     "list_login_attempts": Operation("GET", "/api/v1/auth/login-attempts", writes=False),
     "delete_login_attempts": Operation("DELETE", "/api/v1/auth/login-attempts", writes=False),
@@ -196,6 +203,24 @@ class GeneratedOperations:
             "verify_totp", path={"username": username}, json=body, idempotency_key=idempotency_key
         )
 
+    async def list_preferences(self, username: str) -> Any:
+        """GET /api/v1/users/{username}/preferences: List Preferences."""
+        return await self._call("list_preferences", path={"username": username})
+
+    async def get_preference(self, username: str, key: str) -> Any:
+        """GET /api/v1/users/{username}/preferences/{key}: Get Preference."""
+        return await self._call("get_preference", path={"username": username, "key": key})
+
+    async def put_preference(self, username: str, key: str, *, body: Any) -> Any:
+        """PUT /api/v1/users/{username}/preferences/{key}: Put Preference."""
+        return await self._call(
+            "put_preference", path={"username": username, "key": key}, json=body
+        )
+
+    async def delete_preference(self, username: str, key: str) -> Any:
+        """DELETE /api/v1/users/{username}/preferences/{key}: Delete Preference."""
+        return await self._call("delete_preference", path={"username": username, "key": key})
+
     async def put_broker_token(self, name: str, *, body: Any) -> Any:
         """PUT /api/v1/auth/broker-tokens/{name}: Put Broker Token."""
         return await self._call("put_broker_token", path={"name": name}, json=body)
@@ -239,6 +264,10 @@ class GeneratedOperations:
     async def delete_session(self, session_id: str) -> Any:
         """DELETE /api/v1/auth/sessions/{session_id}: Delete Session."""
         return await self._call("delete_session", path={"session_id": session_id})
+
+    async def purge_expired_sessions(self) -> Any:
+        """DELETE /api/v1/auth/expired-sessions: Purge Expired Sessions."""
+        return await self._call("purge_expired_sessions")
 
     async def create_login_attempt(self, *, body: Any, idempotency_key: str | None = None) -> Any:
         """POST /api/v1/auth/login-attempts: Create Login Attempt."""

@@ -392,9 +392,18 @@ class StoreClient(GeneratedOperations):
         password: str,
         *,
         is_admin: bool = False,
+        first_name: str | None = None,
+        last_name: str | None = None,
         idempotency_key: str | None = None,
     ) -> m.UserRead:
-        body = m.UserCreate(username=username, email=email, password=password, is_admin=is_admin)
+        body = m.UserCreate(
+            username=username,
+            email=email,
+            password=password,
+            is_admin=is_admin,
+            first_name=first_name,
+            last_name=last_name,
+        )
         return await self._typed(
             m.UserRead, "create_user", json=body, idempotency_key=idempotency_key
         )

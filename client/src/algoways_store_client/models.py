@@ -245,6 +245,7 @@ class StrategyDetail(Response):
     updated_at: datetime
     platform: str
     trading_mode: Literal["LONG", "SHORT", "BOTH"]
+    definition: Any = None
     symbols: list[SymbolMappingRead]
 
 
@@ -278,6 +279,8 @@ class UserCreate(Request):
     email: str
     password: str
     is_admin: bool = False
+    first_name: str | None = None
+    last_name: str | None = None
 
 
 class UserRead(Response):
@@ -289,7 +292,10 @@ class UserRead(Response):
     totp_required_for_login: bool
     totp_required_for_mcp: bool
     totp_required_for_password_reset: bool
+    first_name: str | None = None
+    last_name: str | None = None
     created_at: datetime
+    updated_at: datetime
 
 
 class Ids(Response):
