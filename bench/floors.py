@@ -12,6 +12,7 @@ dispatch and dependencies, and hides exactly the cost the benchmark exists to sh
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ STRATEGY_STATEMENT = (
     " strategies.is_active, strategies.is_intraday, strategies.start_time,"
     " strategies.end_time, strategies.squareoff_time, strategies.updated_at,"
     " strategies.created_at, strategies.platform, strategies.trading_mode,"
+    " strategies.definition,"
     " strategy_symbol_mappings.id AS symbol_id,"
     " strategy_symbol_mappings.strategy_id AS symbol_strategy_id,"
     " strategy_symbol_mappings.symbol AS symbol_symbol,"
@@ -62,10 +64,18 @@ def _dsn() -> str:
     return "postgresql://" + rest
 
 
+async def _json_codec(conn: asyncpg.Connection) -> None:
+    """JSON documents as the API answers them (asyncpg hands jsonb over as text)."""
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
 def asyncpg_app() -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(_dsn(), min_size=POOL_SIZE, max_size=POOL_SIZE)
+        pool = await asyncpg.create_pool(
+            _dsn(), min_size=POOL_SIZE, max_size=POOL_SIZE, init=_json_codec
+        )
         app.state.pool = pool
         try:
             yield
