@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -52,6 +52,8 @@ from service.schemas.orders import (
 from service.schemas.traffic import IPAddress, TrafficLogCreate
 from service.security import Principal, TokenAuthenticator
 from service.state import AppState
+
+K = TypeVar("K", bound=ApiKeyVerify)
 
 # (state, principal, query string, path parameter, body) -> the answer's body, or None: not here.
 # None only before the handler changed anything; past that point it answers or raises AppError.
@@ -114,21 +116,34 @@ async def token_lookup(
     return orjson.dumps(index.mapping(i)) if i is not None else None
 
 
-async def api_key_verify(
-    state: AppState, principal: Principal | None, _: bytes, __: str, body: bytes | None
-) -> bytes | None:
+def _body_as(model: type[K], body: bytes | None) -> K | None:
+    """The JSON body validated as the route validates it, or None (the route says what is wrong).
+
+    orjson accepts a subset of what the route's json.loads does, and decodes it alike."""
     try:
-        # orjson accepts a subset of what the route's json.loads does, and decodes it alike.
-        asked = ApiKeyVerify.model_validate(orjson.loads(body or b""))
+        return model.model_validate(orjson.loads(body or b""))
     except (orjson.JSONDecodeError, ValidationError):
         return None
+
+
+def _verified(
+    state: AppState, principal: Principal | None, asked: ApiKeyVerify
+) -> dict[str, Any] | None:
+    """The key's verification answer when its owner is in memory and the caller may
+    see the tokens it asks for; None otherwise."""
     auth, feed = asked.include_auth, asked.include_feed_token
     if principal is None or ((auth or feed) and not principal.has("secrets")):
         return None
     owner = state.runtime.verifier.cached(asked.api_key.get_secret_value())
-    if owner is None:
-        return None
-    return orjson.dumps(verification(state.keyring, owner, auth=auth, feed=feed))
+    return verification(state.keyring, owner, auth=auth, feed=feed) if owner else None
+
+
+async def api_key_verify(
+    state: AppState, principal: Principal | None, _: bytes, __: str, body: bytes | None
+) -> bytes | None:
+    asked = _body_as(ApiKeyVerify, body)
+    answer = _verified(state, principal, asked) if asked is not None else None
+    return orjson.dumps(answer) if answer is not None else None
 
 
 async def order_context(
@@ -136,22 +151,17 @@ async def order_context(
 ) -> bytes | None:
     """orders/context when the key, the instrument and the settings are all in memory; any
     miss or problem but the broker token's goes to the route (service/orders.py)."""
-    try:
-        asked = OrderContextQuery.model_validate(orjson.loads(body or b""))
-    except (orjson.JSONDecodeError, ValidationError):
-        return None
-    auth, feed = asked.include_auth, asked.include_feed_token
-    if principal is None or ((auth or feed) and not principal.has("secrets")):
-        return None
-    owner = state.runtime.verifier.cached(asked.api_key.get_secret_value())
+    asked = _body_as(OrderContextQuery, body)
     index = state.runtime.symbols.index
     current = cached_settings(state.caches)
-    if owner is None or index is None or current is None:
+    if asked is None or index is None or current is None:
         return None
     i = index.find(asked.exchange, symbol=asked.symbol)
     if i is None:
         return None
-    answer = verification(state.keyring, owner, auth=auth, feed=feed)
+    answer = _verified(state, principal, asked)
+    if answer is None:
+        return None
     answer["analyze_mode"] = current.analyze_mode
     answer["instrument"] = index.row(i)
     return orjson.dumps(answer)
@@ -162,19 +172,14 @@ async def order_basket(
 ) -> bytes | None:
     """orders/context/batch when the key and the settings are in memory (unknown symbols are
     answered in their items, as the route does)."""
-    try:
-        asked = OrderContextBasketQuery.model_validate(orjson.loads(body or b""))
-    except (orjson.JSONDecodeError, ValidationError):
-        return None
-    auth, feed = asked.include_auth, asked.include_feed_token
-    if principal is None or ((auth or feed) and not principal.has("secrets")):
-        return None
-    owner = state.runtime.verifier.cached(asked.api_key.get_secret_value())
+    asked = _body_as(OrderContextBasketQuery, body)
     index = state.runtime.symbols.index
     current = cached_settings(state.caches)
-    if owner is None or index is None or current is None:
+    if asked is None or index is None or current is None:
         return None
-    answer = verification(state.keyring, owner, auth=auth, feed=feed)
+    answer = _verified(state, principal, asked)
+    if answer is None:
+        return None
     answer["analyze_mode"] = current.analyze_mode
     answer["items"] = orders.basket(index, [(i.symbol, i.exchange) for i in asked.items])
     return orjson.dumps(answer)
