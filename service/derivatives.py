@@ -3,7 +3,8 @@ option chain, the download status as the platform reads it, and the contract's e
 
 "Today" is the day in India (Asia/Kolkata), where every listed exchange trades: an instrument
 expiring on a day is live until that day ends there, whatever the server's own time zone. The
-day comes from the `today_in_ist` dependency, so that tests can pin it.
+day comes from the app's market clock (`AppState.market_clock`, `ist_today` unless a test pins
+it), read by the `today_in_ist` dependency and by the fast lane.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from fastapi import Request
 
 from service.errors import NotFound
 from service.models.symbols import ContractDownload
-from service.symbol_index import BLOCK_SHIFT, COLUMNS, SymbolIndex
+from service.symbol_index import (
+    BLOCK_SHIFT,
+    COLUMNS,
+    SymbolIndex,
+    instrument_types,
+    search_terms,
+)
 
 IST = ZoneInfo("Asia/Kolkata")
 # How long a download may report `downloading` before it is read as failed. To become the
@@ -36,12 +43,9 @@ def ist_today(now: datetime | None = None) -> date:
 
 
 async def today_in_ist(request: Request) -> date:
-    """Dependency: the exchanges' current day. An app whose `state.market_clock` is set (a
-    callable returning a date: tests pin the day with it) reads that clock instead. The API
-    routes are shared by every app instance, so FastAPI's `dependency_overrides` cannot reach
-    them."""
-    clock: Callable[[], date] | None = getattr(request.app.state, "market_clock", None)
-    return clock() if clock is not None else ist_today()
+    """Dependency: the exchanges' current day, by the app's market clock (AppState)."""
+    clock: Callable[[], date] = request.app.state.store.market_clock
+    return clock()
 
 
 # --- option chain -------------------------------------------------------------------------------
@@ -56,8 +60,9 @@ def option_chain(
     today: date,
     around: float | None,
     count: int,
-) -> dict[str, Any]:
-    """The chain of one underlying and expiry: one entry per strike with its call and put.
+) -> bytes:
+    """The chain of one underlying and expiry as JSON: one entry per strike with its call and
+    put, by strike.
 
     Without `expiry`, the nearest one not expired on `today`; with `around`, only the `count`
     strikes nearest to it. NotFound names the underlying or expiry that has no options."""
@@ -80,27 +85,58 @@ def option_chain(
                 f" ({today.isoformat()}, IST)."
             )
         chosen = min(live)[1]
-    strikes: dict[float | None, dict[str, Any]] = {}
-    for i in chains[chosen]:
-        strike = index.strike[i]
-        pair = strikes.get(strike)
-        if pair is None:
-            pair = strikes[strike] = {"strike": strike, "CE": None, "PE": None}
-        pair[index.instrumenttype[i] or "CE"] = index.row(i)
-    pairs = list(strikes.values())
+    chain = index.chain_json(exchange, underlying, chosen)
+    entries = chain.entries
     if around is not None:
-        nearest = sorted(pairs, key=lambda p: (abs((p["strike"] or 0.0) - around), p["strike"]))
-        keep = {id(p) for p in nearest[:count]}
-        pairs = [p for p in pairs if id(p) in keep]
-    first = chains[chosen][0]
-    return {
-        "exchange": exchange,
-        "underlying": index.name[first] or underlying,
-        "expiry": chosen,
-        "lotsize": index.lotsize[first],
-        "tick_size": index.tick_size[first],
-        "strikes": pairs,
-    }
+        strikes = chain.strikes
+        nearest = sorted(
+            range(len(strikes)),
+            key=lambda k: (
+                abs((strikes[k] or 0.0) - around),
+                strikes[k] is None,
+                strikes[k] or 0.0,
+            ),
+        )
+        entries = [entries[k] for k in sorted(nearest[:count])]
+    return orjson.dumps(
+        {
+            "exchange": exchange,
+            "underlying": chain.underlying,
+            "expiry": chosen,
+            "lotsize": chain.lotsize,
+            "tick_size": chain.tick_size,
+            "strikes": orjson.Fragment(b"[" + b",".join(entries) + b"]"),
+        }
+    )
+
+
+# --- search -------------------------------------------------------------------------------------
+
+
+def search(
+    index: SymbolIndex,
+    q: str | None,
+    *,
+    exchange: str | None,
+    underlying: str | None,
+    instrumenttype: str | None,
+    expiry: str | None,
+    strike_min: float | None,
+    strike_max: float | None,
+    limit: int,
+) -> bytes:
+    """`GET /symbols/search`'s answer from the index, as JSON."""
+    found = index.search(
+        search_terms(q),
+        exchange=exchange,
+        types=instrument_types(instrumenttype),
+        expiry=expiry.upper() if expiry else None,
+        underlying=underlying,
+        strike_min=strike_min,
+        strike_max=strike_max,
+        limit=limit,
+    )
+    return orjson.dumps({"items": [index.row(i) for i in found]})
 
 
 # --- download status ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ id, metrics, access log.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import orders
+from service import derivatives, orders
 from service.errors import AppError, failure_response
 from service.group_commit import GroupCommitWriter
 from service.logs import request_id_var
@@ -48,6 +49,18 @@ from service.schemas.orders import (
     OrderContextBasketQuery,
     OrderContextQuery,
     OrderRecordCreate,
+)
+from service.schemas.symbols import (
+    DEFAULT_CHAIN_COUNT,
+    DEFAULT_SEARCH_LIMIT,
+    EXPIRY_PATTERN,
+    MAX_CHAIN_COUNT,
+    MAX_EXCHANGE,
+    MAX_INSTRUMENT_TYPE,
+    MAX_QUERY_TERMS,
+    MAX_SEARCH_LIMIT,
+    MAX_STRIKE,
+    MAX_UNDERLYING,
 )
 from service.schemas.traffic import IPAddress, TrafficLogCreate
 from service.security import Principal, TokenAuthenticator
@@ -114,6 +127,109 @@ async def token_lookup(
         brsymbol=params.get("brsymbol"),
     )
     return orjson.dumps(index.mapping(i)) if i is not None else None
+
+
+# The lane's share of the symbol reads' parameters: plain values only. A value FastAPI might
+# read otherwise (signs, exponents, leading zeros, blanks) goes to the route, which says.
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,12})(?:\.[0-9]{1,6})?")
+_COUNT = re.compile(r"[1-9][0-9]{0,3}")
+_EXPIRY = re.compile(EXPIRY_PATTERN)
+
+
+class _RouteJudges(Exception):
+    """A parameter the lane leaves to the route to judge (and to answer)."""
+
+
+def _text(params: dict[str, str], name: str, max_length: int) -> str | None:
+    value = params.get(name)
+    if value is not None and not (0 < len(value) <= max_length and not value.isspace()):
+        raise _RouteJudges
+    return value
+
+
+def _decimal(params: dict[str, str], name: str, maximum: float) -> float | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not _DECIMAL.fullmatch(value) or float(value) > maximum:
+        raise _RouteJudges
+    return float(value)
+
+
+def _count(params: dict[str, str], name: str, maximum: int, default: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if not _COUNT.fullmatch(value) or int(value) > maximum:
+        raise _RouteJudges
+    return int(value)
+
+
+def _expiry(params: dict[str, str]) -> str | None:
+    value = params.get("expiry")
+    if value is not None and not _EXPIRY.fullmatch(value):
+        raise _RouteJudges
+    return value
+
+
+_SEARCH_PARAMS = frozenset(
+    {"q", "exchange", "underlying", "instrumenttype", "expiry", "strike_min", "strike_max",
+     "limit"}
+)  # fmt: skip
+
+
+async def symbol_search(
+    state: AppState, _: Principal | None, query: bytes, __: str, ___: bytes | None
+) -> bytes | None:
+    params = _query(query, _SEARCH_PARAMS)
+    index = state.runtime.symbols.index
+    if params is None or index is None:
+        return None
+    try:
+        q = params.get("q")
+        if q is not None and len(q) > MAX_QUERY_TERMS:
+            raise _RouteJudges
+        return derivatives.search(
+            index,
+            q,
+            exchange=_text(params, "exchange", MAX_EXCHANGE),
+            underlying=_text(params, "underlying", MAX_UNDERLYING),
+            instrumenttype=_text(params, "instrumenttype", MAX_INSTRUMENT_TYPE),
+            expiry=_expiry(params),
+            strike_min=_decimal(params, "strike_min", MAX_STRIKE),
+            strike_max=_decimal(params, "strike_max", MAX_STRIKE),
+            limit=_count(params, "limit", MAX_SEARCH_LIMIT, DEFAULT_SEARCH_LIMIT),
+        )
+    except _RouteJudges:
+        return None
+
+
+_CHAIN_PARAMS = frozenset({"exchange", "underlying", "expiry", "around", "count"})
+
+
+async def option_chain(
+    state: AppState, _: Principal | None, query: bytes, __: str, ___: bytes | None
+) -> bytes | None:
+    params = _query(query, _CHAIN_PARAMS)
+    index = state.runtime.symbols.index
+    if params is None or index is None:
+        return None
+    try:
+        exchange = _text(params, "exchange", MAX_EXCHANGE)
+        underlying = _text(params, "underlying", MAX_UNDERLYING)
+        if exchange is None or underlying is None:
+            raise _RouteJudges
+        return derivatives.option_chain(
+            index,
+            exchange=exchange,
+            underlying=underlying,
+            expiry=_expiry(params),
+            today=state.market_clock(),
+            around=_decimal(params, "around", MAX_STRIKE),
+            count=_count(params, "count", MAX_CHAIN_COUNT, DEFAULT_CHAIN_COUNT),
+        )
+    except _RouteJudges:
+        return None
 
 
 def _body_as(model: type[K], body: bytes | None) -> K | None:
@@ -289,6 +405,10 @@ API = "/api/v1"
 ROUTES = (
     LaneRoute("GET", "/health/live", "/health/live", None, live),
     LaneRoute("GET", f"{API}/tokens/lookup", f"{API}/tokens/lookup", "read", token_lookup),
+    LaneRoute("GET", f"{API}/symbols/search", f"{API}/symbols/search", "read", symbol_search),
+    LaneRoute(
+        "GET", f"{API}/symbols/option-chain", f"{API}/symbols/option-chain", "read", option_chain
+    ),
     LaneRoute(
         "POST",
         f"{API}/auth/api-keys/verify",

@@ -7,7 +7,9 @@ engine and sessionmakers, the invalidation bus and caches, keys, metrics, and th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.cache import CacheRegistry, InvalidationBus
 from service.config import Settings
+from service.derivatives import ist_today
 from service.errors import DatabaseUnavailable
 from service.metrics import Metrics
 from service.runtime import Runtime, Writers
@@ -38,6 +41,8 @@ class AppState:
     keyring: Keyring
     metrics: Metrics
     runtime: Runtime
+    # The exchanges' current day (IST); tests pin it.
+    market_clock: Callable[[], date] = ist_today
     # False until the schema is at head and the runtime is warm; /api/v1 answers 503.
     ready: bool = False
     not_ready_reason: str | None = "starting"

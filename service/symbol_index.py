@@ -37,9 +37,12 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from operator import eq, itemgetter
 from typing import Any, ParamSpec, TypeVar
+
+import orjson
 
 logger = logging.getLogger("service.symbols")
 
@@ -69,6 +72,7 @@ MAPPING_COLUMNS = (
 
 BLOCK_SHIFT = 8  # 256 rows per search block
 _CACHE_LIMIT = 20_000  # term masks kept per snapshot (a few MB at most)
+_CHAIN_JSON_LIMIT = 64  # serialised chains kept per snapshot (a full NIFTY chain: ~40 kB)
 
 _ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -131,12 +135,25 @@ def _expiry_key(text: str) -> tuple[int, date | None, str]:
     return (0, parsed, text) if parsed is not None else (1, None, text)
 
 
+@dataclass(frozen=True, slots=True)
+class ChainJson:
+    """One option chain, its strikes' entries serialised: `entries[k]` is the JSON of
+    `{"strike": strikes[k], "CE": row | null, "PE": row | null}`, by strike."""
+
+    underlying: str
+    lotsize: int | None
+    tick_size: float | None
+    strikes: list[float | None]
+    entries: list[bytes]
+
+
 class SymbolIndex:
     """One immutable snapshot of the master contract (see the module docstring)."""
 
     __slots__ = (
         "_block_pos",
         "_browse",
+        "_chain_json",
         "_chains",
         "_exchange_masks",
         "_expiries",
@@ -204,6 +221,7 @@ class SymbolIndex:
     _sorted_symbols: array[int] | None  # row ids by case-folded symbol (for prefix ranges)
     _browse: dict[tuple[str | None, str | None], list[int]]  # (name, exchange) -> browse order
     _chains: dict[tuple[str, str], dict[str, list[int]]]  # (exchange, folded underlying) -> ...
+    _chain_json: dict[tuple[str, str, str], ChainJson]  # (exchange, folded underlying, expiry)
     _underlyings: dict[tuple[str | None, bool, date], list[str]]
     _text: str
     _starts: array[int]  # _starts[i]: where row i's text begins; _starts[size]: the end
@@ -340,6 +358,35 @@ class SymbolIndex:
                 ids.sort(key=lambda i: (strikes[i], types[i]))
             self._chains[key] = chains
         return chains
+
+    def chain_json(self, exchange: str, underlying: str, expiry: str) -> ChainJson:
+        """One option chain (`option_chains`' ids of `expiry`) with each strike's entry already
+        JSON: a trader's screen asks for the same few chains over and over, and serialising a
+        full chain's rows cost more than the rest of its request. Kept for the snapshot's life,
+        the most recently built _CHAIN_JSON_LIMIT of them."""
+        key = (exchange, fold(underlying), expiry)
+        chain = self._chain_json.get(key)
+        if chain is None:
+            ids = self.option_chains(exchange, underlying)[expiry]
+            pairs: dict[float | None, dict[str, Any]] = {}
+            for i in ids:
+                strike = self.strike[i]
+                pair = pairs.get(strike)
+                if pair is None:
+                    pair = pairs[strike] = {"strike": strike, "CE": None, "PE": None}
+                pair[self.instrumenttype[i] or "CE"] = self.row(i)
+            first = ids[0]
+            chain = ChainJson(
+                underlying=self.name[first] or underlying,
+                lotsize=self.lotsize[first],
+                tick_size=self.tick_size[first],
+                strikes=list(pairs),
+                entries=[orjson.dumps(pair) for pair in pairs.values()],
+            )
+            if len(self._chain_json) >= _CHAIN_JSON_LIMIT:
+                del self._chain_json[next(iter(self._chain_json))]
+            self._chain_json[key] = chain
+        return chain
 
     def _browse_key(self, i: int) -> tuple[tuple[int, str], int, float, str, str, str]:
         """Underlying (rows without a name last), expiry date (undated first), strike, type,
@@ -966,6 +1013,7 @@ class IndexBuilder:
         index._folded_names = folded
         index._sorted_names = index._sorted_folded = None
         index._browse, index._chains, index._underlyings = {}, {}, {}
+        index._chain_json = {}
         return index
 
 

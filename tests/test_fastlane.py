@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import date
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.errors import DatabaseUnavailable
 from service.fastlane import FastLane
 from service.logs import configure_logging
-from tests.contract import put_contract, row
+from tests.contract import generate, put_contract, row
 from tests.support import FULL_TOKEN, RO_TOKEN, RW_TOKEN, WO_TOKEN, add_users, auth
 
 LOOKUP = "/api/v1/tokens/lookup"
@@ -108,6 +109,98 @@ async def test_token_lookups(client, lanes: Lanes) -> None:
         assert not laned, params
     statuses = [(await client.get(LOOKUP, params=p)).status_code for p in refused]
     assert statuses == [404, 422, 422, 422, 422, 422, 422, 200, 200]
+
+
+SEARCH = "/api/v1/symbols/search"
+CHAIN = "/api/v1/symbols/option-chain"
+DERIVATIVES = generate(3000, seed=5, base=date(2026, 11, 26))
+
+
+async def test_symbol_searches(client, lanes: Lanes) -> None:
+    assert (await put_contract(client, DERIVATIVES)).status_code == 200
+    served: list[Any] = [
+        {"q": "nifty 24000"},
+        {"q": "NIFTY", "exchange": "NFO", "instrumenttype": "options", "limit": "5"},
+        {"exchange": "NFO", "underlying": "nifty", "strike_min": "23900.5", "strike_max": "24100"},
+        {"q": "crudeoil fut", "expiry": "17-dec-26"},
+        {"exchange": "MCX"},
+        {"q": "   "},
+        {},
+        {"q": "ZZZZ"},  # nothing matches
+    ]
+    for params in served:
+        response, laned = await lanes.same("GET", SEARCH, params=params)
+        assert response.status_code == 200 and laned, params
+    nifty = (await client.get(SEARCH, params=served[0])).json()["items"]
+    assert nifty and all("NIFTY" in r["symbol"] and "24000" in r["symbol"] for r in nifty)
+    assert [r["exchange"] for r in (await client.get(SEARCH, params=served[4])).json()["items"]]
+    refused: list[Any] = [
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "050"},
+        {"limit": "5.0"},
+        {"strike_min": "-1"},
+        {"strike_min": "1e3"},
+        {"strike_max": "inf"},
+        {"strike_max": "2e12"},
+        {"expiry": "3-DEC-26"},
+        {"expiry": "03-DEC-26\n"},
+        {"exchange": ""},
+        {"underlying": " "},
+        {"instrumenttype": "X" * 33},
+        {"q": "X" * 257},
+        {"q": "NIFTY", "extra": "ignored"},
+        [("q", "NIFTY"), ("q", "BANKNIFTY")],
+    ]
+    for params in refused:
+        _, laned = await lanes.same("GET", SEARCH, params=params)
+        assert not laned, params
+
+
+async def test_option_chains(client, lanes: Lanes) -> None:
+    client.app.state.store.market_clock = lambda: date(2026, 11, 30)
+    assert (await put_contract(client, DERIVATIVES)).status_code == 200
+    nifty = {"exchange": "NFO", "underlying": "NIFTY"}
+    served: list[Any] = [
+        nifty,  # the nearest live expiry, by the pinned clock
+        {**nifty, "underlying": "nifty", "expiry": "03-dec-26"},
+        {**nifty, "around": "24012.5", "count": "3"},
+        {**nifty, "around": "0", "count": "1000"},
+        {**nifty, "underlying": "NOPE"},  # 404
+        {**nifty, "expiry": "01-JAN-01"},  # 404
+    ]
+    statuses = []
+    for params in served:
+        response, laned = await lanes.same("GET", CHAIN, params=params)
+        assert laned, params
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 200, 404, 404]
+    chain = (await client.get(CHAIN, params=served[2])).json()
+    assert chain["expiry"] == "03-DEC-26"
+    strikes = sorted(
+        {r["strike"] for r in DERIVATIVES if r["exchange"] == "NFO" and r["name"] == "NIFTY"
+         and r["expiry"] == "03-DEC-26" and r["instrumenttype"] in ("CE", "PE")},
+    )  # fmt: skip
+    nearest = sorted(sorted(strikes, key=lambda k: (abs(k - 24012.5), k))[:3])
+    assert [s["strike"] for s in chain["strikes"]] == nearest
+    assert chain["strikes"][nearest.index(24000.0)]["CE"]["symbol"] == "NIFTY03DEC2624000CE"
+    client.app.state.store.market_clock = lambda: date(2026, 12, 4)
+    later = (await client.get(CHAIN, params=nifty)).json()
+    assert later["expiry"] != "03-DEC-26"  # the clock moved past it
+    refused: list[Any] = [
+        {"exchange": "NFO"},
+        {"underlying": "NIFTY"},
+        {**nifty, "exchange": ""},
+        {**nifty, "count": "0"},
+        {**nifty, "count": "1001"},
+        {**nifty, "around": "-5"},
+        {**nifty, "around": "nan"},
+        {**nifty, "expiry": "2026-12-03"},
+        {**nifty, "strike": "24000"},
+    ]
+    for params in refused:
+        _, laned = await lanes.same("GET", CHAIN, params=params)
+        assert not laned, params
 
 
 async def test_api_key_verification(client, db, lanes: Lanes) -> None:

@@ -18,7 +18,7 @@ CONTRACT = generate(20_000, seed=3, base=date(2026, 11, 26))
 
 
 def pin_today(client: Any, day: date = TODAY) -> None:
-    client.app.state.market_clock = lambda: day
+    client.app.state.store.market_clock = lambda: day
 
 
 def keys(response: Any) -> list[str]:

@@ -26,7 +26,7 @@ async def status_rows(db) -> list[tuple]:
 
 @pytest.fixture
 def pinned(client):
-    client.app.state.market_clock = lambda: TODAY
+    client.app.state.store.market_clock = lambda: TODAY
     return client
 
 

@@ -21,6 +21,7 @@ from service.derivatives import (
     export_contract,
     last_downloaded_broker,
     option_chain,
+    search,
     today_in_ist,
 )
 from service.errors import (
@@ -37,8 +38,16 @@ from service.routers.base import domain_router
 from service.schemas.base import Deleted, Items
 from service.schemas.symbols import (
     BROKER_PATTERN,
+    DEFAULT_CHAIN_COUNT,
+    DEFAULT_SEARCH_LIMIT,
     EXPIRY_PATTERN,
+    MAX_CHAIN_COUNT,
+    MAX_EXCHANGE,
+    MAX_INSTRUMENT_TYPE,
+    MAX_QUERY_TERMS,
+    MAX_SEARCH_LIMIT,
     MAX_STRIKE,
+    MAX_UNDERLYING,
     DownloadStatus,
     DownloadStatusList,
     DownloadStatusUpdate,
@@ -53,7 +62,6 @@ from service.symbol_index import fold, instrument_types, search_terms
 
 router = domain_router("/symbols", "symbols")
 
-MAX_LIMIT = 1000
 # The version check that catches a missed notification (the bus also re-checks on reconnect).
 
 _EXPORTED = {
@@ -92,7 +100,11 @@ ExchangesQuery = Annotated[
 
 def _json(body: Any) -> Response:
     # Rows come from the index, already the response's shape: serialised directly.
-    return Response(orjson.dumps(body), media_type="application/json")
+    return _json_bytes(orjson.dumps(body))
+
+
+def _json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 def _exchanges(values: list[str]) -> frozenset[str] | None:
@@ -103,12 +115,12 @@ def _exchanges(values: list[str]) -> frozenset[str] | None:
 
 ExchangeQuery = Annotated[
     str | None,
-    Query(description="Only this exchange's rows.", max_length=64, pattern=NUL_FREE,
+    Query(description="Only this exchange's rows.", max_length=MAX_EXCHANGE, pattern=NUL_FREE,
           examples=["NFO"]),
 ]  # fmt: skip
 UnderlyingQuery = Annotated[
     str | None,
-    Query(description="The underlying (the rows' `name`), case-insensitive.", max_length=128,
+    Query(description="The underlying (the rows' `name`), case-insensitive.", max_length=MAX_UNDERLYING,
           pattern=NUL_FREE, examples=["NIFTY"]),
 ]  # fmt: skip
 InstrumentTypeQuery = Annotated[
@@ -116,7 +128,7 @@ InstrumentTypeQuery = Annotated[
     Query(
         description="An instrument type (`FUT`, `CE`, `PE`, `PERPFUT`, `EQ`, ...), or a group:"
         " `options` (CE and PE) or `futures` (FUT and PERPFUT). Case-insensitive.",
-        max_length=32,
+        max_length=MAX_INSTRUMENT_TYPE,
         pattern=NUL_FREE,
         examples=["options"],
     ),
@@ -205,7 +217,7 @@ async def search_symbols(
         str | None,
         Query(
             description="Whitespace-separated terms; each must match.",
-            max_length=256,
+            max_length=MAX_QUERY_TERMS,
             pattern=NUL_FREE,
             examples=["nifty 24000 ce"],
         ),
@@ -216,7 +228,7 @@ async def search_symbols(
     expiry: ExpiryQuery = None,
     strike_min: StrikeQuery = None,
     strike_max: StrikeQuery = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = DEFAULT_SEARCH_LIMIT,
 ) -> Response:
     """Search the contract, at most `limit` rows, whatever the combination of parameters.
 
@@ -225,40 +237,39 @@ async def search_symbols(
     is the first term, whose underlying starts with it, whose symbol starts with it, then the
     rest. Without `q`: by underlying, expiry (chronologically), strike and instrument type; with
     no filter either, that is the first `limit` rows of the whole contract in that order."""
-    terms = search_terms(q)
-    types = instrument_types(instrumenttype)
-    expiry = expiry.upper() if expiry else None
     state: AppState = request.app.state.store
     index = state.runtime.symbols.index
-    if index is None:
-        if not terms:
-            raise DatabaseUnavailable("The symbol index is not built yet; retry shortly.")
-        # No session dependency on this route: a search served from memory (all of them, once
-        # the index is built) would pay for one it does not use.
-        async with state.sessionmaker() as session:
-            items = await symbols_repo.search_symbols(
-                session,
-                terms,
+    if index is not None:
+        return _json_bytes(
+            search(
+                index,
+                q,
                 exchange=exchange,
-                types=types,
-                expiry=expiry,
                 underlying=underlying,
+                instrumenttype=instrumenttype,
+                expiry=expiry,
                 strike_min=strike_min,
                 strike_max=strike_max,
                 limit=limit,
             )
-    else:
-        found = index.search(
+        )
+    terms = search_terms(q)
+    if not terms:
+        raise DatabaseUnavailable("The symbol index is not built yet; retry shortly.")
+    # No session dependency on this route: a search served from memory (all of them, once the
+    # index is built) would pay for one it does not use.
+    async with state.sessionmaker() as session:
+        items = await symbols_repo.search_symbols(
+            session,
             terms,
             exchange=exchange,
-            types=types,
-            expiry=expiry,
+            types=instrument_types(instrumenttype),
+            expiry=expiry.upper() if expiry else None,
             underlying=underlying,
             strike_min=strike_min,
             strike_max=strike_max,
             limit=limit,
         )
-        items = [index.row(i) for i in found]
     return _json({"items": items})
 
 
@@ -316,11 +327,14 @@ async def list_underlyings(
 async def get_option_chain(
     index: IndexDep,
     today: TodayDep,
-    exchange: Annotated[str, Query(max_length=64, pattern=NUL_FREE, examples=["NFO"])],
+    exchange: Annotated[str, Query(max_length=MAX_EXCHANGE, pattern=NUL_FREE, examples=["NFO"])],
     underlying: Annotated[
         str,
         Query(
-            description="Case-insensitive.", max_length=128, pattern=NUL_FREE, examples=["NIFTY"]
+            description="Case-insensitive.",
+            max_length=MAX_UNDERLYING,
+            pattern=NUL_FREE,
+            examples=["NIFTY"],
         ),
     ],
     expiry: Annotated[
@@ -342,20 +356,21 @@ async def get_option_chain(
         ),
     ] = None,
     count: Annotated[
-        int, Query(description="How many strikes `around` keeps.", ge=1, le=1000)
-    ] = 20,
+        int, Query(description="How many strikes `around` keeps.", ge=1, le=MAX_CHAIN_COUNT)
+    ] = DEFAULT_CHAIN_COUNT,
 ) -> Response:
     """Calls and puts of one underlying and expiry, one entry per strike, by strike."""
-    body = option_chain(
-        index,
-        exchange=exchange,
-        underlying=underlying,
-        expiry=expiry,
-        today=today,
-        around=around,
-        count=count,
+    return _json_bytes(
+        option_chain(
+            index,
+            exchange=exchange,
+            underlying=underlying,
+            expiry=expiry,
+            today=today,
+            around=around,
+            count=count,
+        )
     )
-    return _json(body)
 
 
 @router.get("/export", response_class=StreamingResponse, responses={200: _EXPORTED})

@@ -42,6 +42,15 @@ class SymbolStats(BaseModel):
 EXPIRY_PATTERN = r"^[0-9]{2}-[A-Za-z]{3}-([0-9]{2}|[0-9]{4})$"
 BROKER_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
 MAX_STRIKE = 1e12
+# The symbol reads' bounds and defaults (the routes and the fast lane read them).
+MAX_SEARCH_LIMIT = 1000
+DEFAULT_SEARCH_LIMIT = 50
+MAX_CHAIN_COUNT = 1000
+DEFAULT_CHAIN_COUNT = 20
+MAX_QUERY_TERMS = 256  # characters of a search's `q`
+MAX_EXCHANGE = 64
+MAX_UNDERLYING = 128
+MAX_INSTRUMENT_TYPE = 32
 
 
 class OptionPair(BaseModel):
