@@ -63,7 +63,7 @@ def _serve() -> None:
     import uvicorn
 
     from service.logs import configure_logging
-    from service.server import LimitedHttpToolsProtocol
+    from service.server import LimitedHttpToolsProtocol, pause_collector_for_imports
 
     settings = get_settings()
     # The supervisor's own lines (and the one-worker notice); each worker configures its own.
@@ -71,6 +71,7 @@ def _serve() -> None:
     workers = _workers(settings)
     if workers == 1:
         writer.stop()  # the app factory sets logging up again in this process
+        pause_collector_for_imports()  # this process imports the app next
     signal.signal(signal.SIGTERM, _ignore_signal)
     with _worker_environment(workers):
         uvicorn.run(

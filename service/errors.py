@@ -21,13 +21,12 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Scope
 
+from service.problem_types import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 from service.retry import ask_for_replay
 from service.schemas.types import pattern_message
 
 logger = logging.getLogger("service.errors")
 
-PROBLEM_TYPE_BASE = "https://algoways.dev/problems/"
-PROBLEM_CONTENT_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -200,7 +201,11 @@ async def _prepare_until_ready(state: AppState, stack: AsyncExitStack, head: str
 def app_from_env() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    return create_app(settings)
+    app = create_app(settings)
+    # `python -m service serve` turned the cyclic collector off for the imports (service/server.py
+    # says why); the app exists, so everything it needs is imported.
+    gc.enable()
+    return app
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -18,13 +18,12 @@ from fastapi.openapi.utils import get_openapi
 
 from service import idempotency
 from service.errors import (
-    PROBLEM_CONTENT_TYPE,
-    PROBLEM_TYPE_BASE,
     AppError,
     FieldProblem,
     MalformedBody,
     Problem,
 )
+from service.problem_types import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 
 API_PREFIX = "/api/v1"
 # The middleware applies the body limit and the content-type check to these methods.

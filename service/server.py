@@ -14,6 +14,7 @@ Only the httptools protocol (uvicorn's default when httptools is installed) is e
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from types import FrameType
@@ -25,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from service.config import get_settings
-from service.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+from service.problem_types import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 
 
 def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -35,13 +36,25 @@ def _ignore_signal(_signum: int, _frame: FrameType | None) -> None:
 # Set by `python -m service serve` for the worker processes it has uvicorn spawn.
 WORKER_ENV = "ALGOWAYS_SERVE_WORKER"
 
+
+def pause_collector_for_imports() -> None:
+    """Turn the cyclic garbage collector off until the app is built (`app_from_env` turns it
+    back on). Importing the app makes hundreds of thousands of objects that all live as long as
+    the process, and the collector walked them over and over as they piled up: a quarter of the
+    imports' time (2.6 s with it, 2.1 s without, on the bench machine). Reference counting still
+    frees everything else meanwhile."""
+    gc.disable()
+
+
 if os.environ.get(WORKER_ENV) == "1":
     # A uvicorn worker of `WORKERS` > 1 (a spawned process): it imports this module when it
     # unpickles its config, before uvicorn installs its signal handlers. Once uvicorn has drained
     # and shut down it restores the handler it found and re-raises the SIGTERM it stopped on;
     # with the default handler that kills the worker (-15) before its exit writes its last log
-    # lines. (`python -m service serve` does the same for a single process.)
+    # lines. (`python -m service serve` does the same for a single process.) The app is imported
+    # next, in this process.
     signal.signal(signal.SIGTERM, _ignore_signal)
+    pause_collector_for_imports()
 
 # Bytes of a header line beyond name and value: ": " and CRLF.
 _HEADER_FRAMING = 4
