@@ -1,5 +1,6 @@
-"""Derivatives answers built from one snapshot of the contract: the exchanges' calendar day, the
-option chain, the download status as the platform reads it, and the contract's export.
+"""Answers built from one snapshot of the contract: the exchanges' calendar day, the search, the
+option chain and the download status as the platform reads it (the export is
+service/contract_export.py).
 
 "Today" is the day in India (Asia/Kolkata), where every listed exchange trades: an instrument
 expiring on a day is live until that day ends there, whatever the server's own time zone. The
@@ -9,12 +10,9 @@ it), read by the `today_in_ist` dependency and by the fast lane.
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from operator import itemgetter
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -22,20 +20,9 @@ from fastapi import Request
 
 from service.errors import NotFound
 from service.models.symbols import ContractDownload
-from service.symbol_index import (
-    BLOCK_SHIFT,
-    COLUMNS,
-    SymbolIndex,
-    instrument_types,
-    search_terms,
-)
+from service.symbol_index import SymbolIndex, instrument_types, search_terms
 
 IST = ZoneInfo("Asia/Kolkata")
-# How long a download may report `downloading` before it is read as failed. To become the
-# setting `symbol_download_timeout_seconds` (service/config.py) once that file takes it.
-EXPORT_ROWS = 2_000  # rows per chunk written to the client
-
-ExportFormat = Literal["csv", "ndjson"]
 
 
 def ist_today(now: datetime | None = None) -> date:
@@ -170,57 +157,3 @@ def download_status(row: ContractDownload, now: datetime, timeout_s: float) -> d
 def last_downloaded_broker(rows: list[ContractDownload]) -> str | None:
     done = [(r.last_download_time, r.broker) for r in rows if r.last_download_time is not None]
     return max(done)[1] if done else None
-
-
-# --- export -------------------------------------------------------------------------------------
-
-
-def _export_rows(index: SymbolIndex, exchange: str | None) -> Iterator[list[int]]:
-    """Row ids in chunks of about EXPORT_ROWS, of one exchange or all."""
-    if exchange is None:
-        for first in range(0, index.size, EXPORT_ROWS):
-            yield list(range(first, min(first + EXPORT_ROWS, index.size)))
-        return
-    exchanges = index.exchange
-    step = 1 << BLOCK_SHIFT
-    chunk: list[int] = []
-    for block in index.blocks_of(exchange):
-        first = block * step
-        chunk.extend(
-            i for i in range(first, min(first + step, index.size)) if exchanges[i] == exchange
-        )
-        if len(chunk) >= EXPORT_ROWS:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-async def export_contract(
-    index: SymbolIndex, exchange: str | None, fmt: ExportFormat
-) -> AsyncIterator[bytes]:
-    """The contract (or one exchange) in the format `PUT /symbols` loads, chunk by chunk: only
-    one chunk of text exists at a time, and the snapshot it reads stays whole while it runs."""
-    columns = [getattr(index, c) for c in COLUMNS]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for ids in _export_rows(index, exchange):
-            # Column by column, then zipped: no Python code runs per row (csv writes None as
-            # an empty field, which the load reads back as None).
-            picked: list[Any] = list(map(itemgetter(*ids), columns))
-            if len(ids) == 1:  # itemgetter of one item gives it, not a tuple of it
-                picked = [(value,) for value in picked]
-            writer.writerows(zip(*picked, strict=True))
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-        if buffer.tell():
-            yield buffer.getvalue().encode()
-        return
-    for ids in _export_rows(index, exchange):
-        yield b"".join(
-            orjson.dumps(dict(zip(COLUMNS, (column[i] for column in columns), strict=True))) + b"\n"
-            for i in ids
-        )

@@ -14,11 +14,10 @@ from fastapi import Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 
+from service.contract_export import ExportFormat, export_contract
 from service.db import SessionDep
 from service.derivatives import (
-    ExportFormat,
     download_status,
-    export_contract,
     last_downloaded_broker,
     option_chain,
     search,
