@@ -89,6 +89,8 @@ _ALL_ROWS = "\x00all"  # the key of a name's rows on every exchange (no exchange
 _BISECT_BUDGET = 4_000  # names x blocks looked up by bisection before walking candidates
 _SPOT = "\x00spot"  # the browse key of the rows that are not derivatives
 _PREFIX_RANGE = 4096  # symbol-prefix rows sorted directly; past that, candidates are walked
+_PREFIX_IDS = 1 << 20  # row ids kept for symbol prefixes per snapshot (4 MB)
+_UNSEEN: Any = object()
 _DIRECT_ROWS = 256  # a ranking group this small is read directly rather than among candidates
 _SPOT_NAMES = "\x00spot names"  # the cache key of the spot rows sorted by folded name
 
@@ -161,6 +163,8 @@ class SymbolIndex:
         "_folded_names",
         "_groups",
         "_masks",
+        "_prefix_ids",
+        "_prefixes",
         "_sorted_folded",
         "_sorted_names",
         "_sorted_symbols",
@@ -227,6 +231,8 @@ class SymbolIndex:
     _starts: array[int]  # _starts[i]: where row i's text begins; _starts[size]: the end
     _block_pos: list[int]  # text position of each block's first row, then the end
     _masks: dict[str | float, tuple[int, int]]  # key -> (blocks holding it, blocks looked at)
+    _prefixes: dict[str, array[int] | None]  # symbol prefix -> its rows (_symbols_starting)
+    _prefix_ids: int  # row ids held by _prefixes
     _exchange_masks: dict[str, int]
     _unfolded: dict[str, list[int]]  # folded symbol -> rows whose symbol is not spelt folded
 
@@ -660,7 +666,31 @@ class SymbolIndex:
 
     def _symbols_starting(self, prefix: str, blocks: list[int]) -> list[int] | None:
         """Rows within `blocks` whose case-folded symbol starts with `prefix`, in rank order;
-        None when the prefix is shared by too many symbols to sort them on each query."""
+        None when the prefix is shared by too many symbols to list them."""
+        rows = self._prefixes.get(prefix, _UNSEEN)
+        if rows is _UNSEEN:
+            rows = self._prefixed_rows(prefix)
+            size = len(rows) if rows is not None else 0
+            if len(self._prefixes) >= _CACHE_LIMIT or self._prefix_ids + size > _PREFIX_IDS:
+                self._prefixes.clear()
+                self._prefix_ids = 0
+            self._prefixes[prefix] = rows
+            self._prefix_ids += size
+        if rows is None:
+            return None
+        if len(rows) <= 4 * len(blocks):
+            wanted = set(blocks)
+            return [i for i in rows if i >> BLOCK_SHIFT in wanted]
+        found: list[int] = []
+        for block in blocks:  # few blocks among many rows: each block's run found by bisection
+            lo = bisect_left(rows, block << BLOCK_SHIFT)
+            hi = bisect_left(rows, (block + 1) << BLOCK_SHIFT, lo)
+            found.extend(rows[lo:hi])
+        return found
+
+    def _prefixed_rows(self, prefix: str) -> array[int] | None:
+        """Every row whose case-folded symbol starts with `prefix`, in rank order (None past
+        _PREFIX_RANGE of them); kept per prefix, as terms recur."""
         order = self._sorted_symbols
         symbols = self.symbol
         if order is None:
@@ -677,8 +707,7 @@ class SymbolIndex:
         hi = bisect_left(order, prefix + "\U0010ffff", lo, key=folded)
         if hi - lo > _PREFIX_RANGE:
             return None
-        wanted = set(blocks)
-        return sorted(i for i in order[lo:hi] if i >> BLOCK_SHIFT in wanted)
+        return array("I", sorted(order[lo:hi]))
 
     def _exact(self, query: str) -> list[int]:
         """Rows whose case-folded symbol is `query` (itself folded), in rank order: those spelt
@@ -988,6 +1017,8 @@ class IndexBuilder:
         index._starts = starts
         index._block_pos = [starts[i] for i in range(0, size, 1 << BLOCK_SHIFT)] + [len(text)]
         index._masks = {}
+        index._prefixes = {}
+        index._prefix_ids = 0
         index._unfolded = self._unfolded
         exchange_masks: dict[str, int] = dict.fromkeys(index.counts, 0)
         for block, first in enumerate(range(0, size, 1 << BLOCK_SHIFT)):
