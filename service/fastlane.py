@@ -1,9 +1,11 @@
-"""The fast lane: the order path's memory-served reads, answered without FastAPI's routing,
-dependency solving and middleware layers.
+"""The fast lane: the order path's memory-served reads (and its log writes), answered without
+FastAPI's routing, dependency solving and middleware layers.
 
 Every order and every webhook alert of the platform makes these calls, and each answer is already
 in memory; what they cost is the framework around them (py-spy on the running service put FastAPI's
 routing, dependency solving and the middleware layers at about three quarters of a token lookup).
+The symbol search and the option chain that the platform's screens poll are here for the same
+reason: eight query parameters validated by FastAPI cost more than most searches.
 
 A lane route serves only its happy path: an authorised request, well-formed beyond doubt, whose
 answer is in memory. For anything else its handler returns None and the request goes through the
