@@ -89,6 +89,8 @@ _ALL_ROWS = "\x00all"  # the key of a name's rows on every exchange (no exchange
 _BISECT_BUDGET = 4_000  # names x blocks looked up by bisection before walking candidates
 _SPOT = "\x00spot"  # the browse key of the rows that are not derivatives
 _PREFIX_RANGE = 4096  # symbol-prefix rows sorted directly; past that, candidates are walked
+# A snapshot this large stays out of the collector's walks between rebuilds (_handed_back).
+SET_ASIDE_ROWS = 50_000
 _PREFIX_IDS = 1 << 20  # row ids kept for symbol prefixes per snapshot (4 MB)
 _UNSEEN: Any = object()
 _DIRECT_ROWS = 256  # a ranking group this small is read directly rather than among candidates
@@ -842,24 +844,33 @@ def _cycle_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-@contextlib.contextmanager
-def _existing_objects_set_aside() -> Iterator[None]:
-    """While a snapshot is built, the collector leaves alone every object that existed before
-    (the old snapshot above all: millions of references that each full collection would walk).
+def _set_aside() -> None:
+    """Leave every object that exists now out of the collector's walks (gc.freeze).
 
-    Measured on 200k rows (a busy 2-core machine): full collections took 1.1 to 2.2 s of a
-    build, 0.1 to 0.2 s with the old objects set aside. The collector keeps running over
-    everything allocated meanwhile, requests included; what was set aside is handed back to it
-    afterwards, so a cycle among it that died meanwhile is collected then. Skipped when objects
-    are frozen already (by a pre-fork server, on purpose): handing them back would undo that."""
-    if gc.get_freeze_count():
-        yield
-        return
+    While a snapshot is built, the old one's millions of references would be walked by every
+    full collection: measured on 200k rows (a busy 2-core machine), full collections took 1.1
+    to 2.2 s of a build, 0.1 to 0.2 s with the old objects set aside. The collector keeps
+    running over everything allocated meanwhile, requests included."""
     gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+
+
+def _handed_back(index: SymbolIndex) -> None:
+    """Once the new snapshot serves, hand what was set aside back to the collector; a large
+    snapshot is then walked by one full collection (so that a cycle that died while set aside
+    is freed now) and set aside again with everything else.
+
+    Left to the collector, a large snapshot would be walked by the next full collection at a
+    moment nobody chose: 130-190 ms during which no request is answered (gc callbacks on the
+    bench service; the option chain's p99 read 134-165 ms for it). Here that walk happens once,
+    at the end of the rebuild it belongs to, and the collections between two rebuilds walk only
+    what was made since. An object set aside is still freed as soon as nothing refers to it;
+    only a reference cycle that dies between two rebuilds waits for the next one. A small
+    snapshot costs the collector little: it is simply handed back (and the many app instances
+    of a test run pay no full collection each)."""
+    gc.unfreeze()
+    if index.size >= SET_ASIDE_ROWS:
+        gc.collect()
+        gc.freeze()
 
 
 _P = ParamSpec("_P")
@@ -1141,10 +1152,15 @@ class SymbolIndexHolder:
             if not force and current is not None and await self._read_version() == current.version:
                 return current
             started = time.perf_counter()
-            with _existing_objects_set_aside():
+            _set_aside()
+            try:
                 index = await self._read_index(current)
+            except BaseException:
+                gc.unfreeze()
+                raise
             self.index = index
             del current  # the old snapshot goes once the requests holding it are answered
+            _handed_back(index)
             release_free_memory()
             logger.info(
                 "symbol index at version %d: %d rows in %.0f ms",

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import symbol_index
 from service.repositories import symbol_load
 from tests.contract import generate, put_contract, row, to_csv
 from tests.support import BACKEND, assert_problem
@@ -307,3 +308,43 @@ class TestIndexRebuild:
         assert dead() is None
         stats = (await client.get("/api/v1/symbols/stats")).json()
         assert stats["rows"] == len(contract)
+
+    async def test_a_large_snapshot_is_left_out_of_the_collectors_walks(self, client, monkeypatch):
+        """A snapshot of SET_ASIDE_ROWS or more: once it serves, one full collection frees what
+        died meanwhile, and then everything (the snapshot with it) is set aside, so that later
+        full collections do not walk it. Once a small contract replaces it, all is handed back."""
+        monkeypatch.setattr(symbol_index, "SET_ASIDE_ROWS", 1_000)
+
+        class Node:
+            def __init__(self) -> None:
+                self.me = self
+
+        cycle: list[Node] = [Node()]
+        dead = weakref.ref(cycle[0])
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            while not done.is_set():
+                if cycle and gc.get_freeze_count():
+                    cycle.clear()  # dies while the rebuild has it set aside
+                await asyncio.sleep(0.001)
+
+        async def load() -> Any:
+            try:
+                return await put_contract(client, generate(3_000, seed=34))
+            finally:
+                done.set()
+
+        response, _ = await asyncio.gather(load(), probe())
+        assert response.status_code == 200, response.text
+        assert not cycle
+        assert dead() is None  # freed by the rebuild's own collection, not left set aside
+        assert gc.isenabled()
+        index = client.app.state.store.runtime.symbols.index
+        assert index.size == 3_000
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        gc.collect()
+        assert gc.get_freeze_count() == frozen  # collections leave it set aside
+        assert (await put_contract(client, generate(200, seed=35))).status_code == 200
+        assert gc.get_freeze_count() == 0  # a small snapshot: everything handed back
