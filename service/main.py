@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,6 +29,7 @@ from service.retry import ReplayOnSerializationFailure
 from service.routers import API_ROUTES, health
 from service.runtime import build_runtime, warmed, writers_running
 from service.security import Keyring, TokenAuthenticator
+from service.server import resume_collector
 from service.state import AppState
 
 logger = logging.getLogger("service")
@@ -187,6 +187,9 @@ async def _prepare(state: AppState, stack: AsyncExitStack, head: str | None) -> 
             logger.warning("not ready: %s", exc)
             return False
         stack.push_async_callback(attempt.pop_all().aclose)
+    # Made on threads while the index was built (service/security.py); a failure is not the
+    # database's, and fails the start.
+    await state.keyring.ready()
     state.ready, state.not_ready_reason = True, None
     logger.info("serving on %s", state.backend)
     return True
@@ -202,9 +205,7 @@ def app_from_env() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     app = create_app(settings)
-    # `python -m service serve` turned the cyclic collector off for the imports (service/server.py
-    # says why); the app exists, so everything it needs is imported.
-    gc.enable()
+    resume_collector()  # everything the app needs is imported
     return app
 
 

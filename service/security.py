@@ -134,6 +134,12 @@ class Keyring:
         self._fernets = _in_background(lambda: _fernets(salts))
         self.passwords = PasswordHasher(self.peppers)
 
+    async def ready(self) -> None:
+        """Wait until the key material is made; raise what making it raised (the app's start
+        fails on it, as it did when the keys were made before serving)."""
+        await asyncio.wrap_future(self._fernets)
+        await self.passwords.ready()
+
     @property
     def _current(self) -> Fernet:
         return self._fernets.result()[0]
@@ -186,6 +192,9 @@ class PasswordHasher:
         self._peppers = tuple(p.value.decode() for p in peppers)
         first = self._peppers[0]
         self._dummy_hash = _in_background(lambda: _dummy_hash(_argon2, first))
+
+    async def ready(self) -> None:
+        await asyncio.wrap_future(self._dummy_hash)
 
     @property
     def _dummy(self) -> str:

@@ -362,8 +362,8 @@ class SymbolIndex:
                     if expiry is not None and self.instrumenttype[i] in OPTION_TYPES:
                         chains.setdefault(expiry, []).append(i)
             strikes, types = self.strike, self.instrumenttype
-            for ids in chains.values():
-                ids.sort(key=lambda i: (strikes[i], types[i]))
+            for ids in chains.values():  # an option loaded without a strike comes last
+                ids.sort(key=lambda i: (strikes[i] is None, strikes[i] or 0.0, types[i] or ""))
             self._chains[key] = chains
         return chains
 
@@ -1156,7 +1156,10 @@ class SymbolIndexHolder:
             try:
                 index = await self._read_index(current)
             except BaseException:
-                gc.unfreeze()
+                if current is not None:
+                    _handed_back(current)  # the old snapshot serves on, set aside as it was
+                else:
+                    gc.unfreeze()
                 raise
             self.index = index
             del current  # the old snapshot goes once the requests holding it are answered

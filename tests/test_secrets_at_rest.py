@@ -91,3 +91,16 @@ async def test_no_plaintext_secret_in_the_database_or_the_logs(client, database_
     for what, plaintext in plaintexts.items():
         assert plaintext.encode() not in stored, f"{what} stored in plaintext"
         assert plaintext not in logged, f"{what} logged"
+
+
+async def test_key_material_that_cannot_be_made_fails_the_start(client_factory, monkeypatch):
+    """The Fernet key is derived on a thread while the index builds; if that fails, the app does
+    not start (as when it was derived before serving), rather than answering 500s later."""
+    from service import security
+
+    def broken(*_: object) -> bytes:
+        raise RuntimeError("no KDF here")
+
+    monkeypatch.setattr(security, "_derive_fernet_key", broken)
+    with pytest.raises(RuntimeError, match="no KDF here"):
+        await client_factory(API_KEY_PEPPER=secrets.token_urlsafe(48))

@@ -326,3 +326,27 @@ async def test_a_second_instance_answers_the_same_after_a_load(client_factory):
         return response.status_code == 404
 
     assert await eventually(replaced)
+
+
+async def test_an_option_without_a_strike_comes_last_in_its_chain(client):
+    """A CE/PE row loaded without a strike (the load accepts it) is listed after the struck
+    ones, never a 500."""
+    pin_today(client)
+    rows = [
+        row("ODD03DEC2624000CE", "NFO", name="ODD", expiry="03-DEC-26", strike=24000.0,
+            instrumenttype="CE"),
+        row("ODD03DEC26XCE", "NFO", name="ODD", expiry="03-DEC-26", strike=None,
+            instrumenttype="CE"),
+        row("ODD03DEC2623000PE", "NFO", name="ODD", expiry="03-DEC-26", strike=23000.0,
+            instrumenttype="PE"),
+    ]  # fmt: skip
+    assert (await put_contract(client, rows)).status_code == 200
+    params = {"exchange": "NFO", "underlying": "ODD"}
+    body = (await client.get("/api/v1/symbols/option-chain", params=params)).json()
+    assert [s["strike"] for s in body["strikes"]] == [23000.0, 24000.0, None]
+    assert body["strikes"][2]["CE"]["symbol"] == "ODD03DEC26XCE"
+    near = await client.get(
+        "/api/v1/symbols/option-chain", params={**params, "around": 0, "count": 2}
+    )
+    assert near.status_code == 200
+    assert [s["strike"] for s in near.json()["strikes"]] == [23000.0, None]

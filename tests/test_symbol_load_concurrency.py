@@ -348,3 +348,21 @@ class TestIndexRebuild:
         assert gc.get_freeze_count() == frozen  # collections leave it set aside
         assert (await put_contract(client, generate(200, seed=35))).status_code == 200
         assert gc.get_freeze_count() == 0  # a small snapshot: everything handed back
+
+    async def test_a_failed_rebuild_leaves_a_large_snapshot_set_aside(self, client, monkeypatch):
+        """The old snapshot serves on after a rebuild fails, and stays out of the collector's
+        walks as it was."""
+        monkeypatch.setattr(symbol_index, "SET_ASIDE_ROWS", 1_000)
+        assert (await put_contract(client, generate(3_000, seed=36))).status_code == 200
+        holder = client.app.state.store.runtime.symbols
+        assert gc.get_freeze_count() > 0
+
+        async def unavailable(_previous: Any) -> Any:
+            raise ConnectionError("database unavailable")
+
+        monkeypatch.setattr(holder, "_read_index", unavailable)
+        with pytest.raises(ConnectionError):
+            await holder.refresh(force=True)
+        assert holder.index.size == 3_000
+        assert gc.get_freeze_count() > 0
+        assert gc.isenabled()
