@@ -14,6 +14,7 @@ $(DEPS): pyproject.toml
 	touch $@
 
 run: $(DEPS)  ## serve on 127.0.0.1:8000 with the embedded SQLite database
+	$(PY) -m compileall -q service migrations  # bytecode, so that a start need not compile
 	$(PY) -m service init-env
 	$(PY) -m service migrate
 	$(PY) -m service serve

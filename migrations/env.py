@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from service.models import Base
-from service.models.base import UTCDateTime
+from service.models.base import UTCDateTime, compared
 
 config = context.config
 target_metadata = Base.metadata
@@ -28,6 +28,7 @@ def do_run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=compared,
         render_item=render_item,
     )
     with context.begin_transaction():

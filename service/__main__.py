@@ -40,51 +40,64 @@ def _workers(settings: Settings) -> int:
 
 
 @contextmanager
-def _worker_environment(workers: int) -> Iterator[None]:
+def _metrics_directory(workers: int) -> Iterator[None]:
     """With several workers, a directory where each keeps its metric values, so /metrics from
-    any of them reports all (prometheus-client's multiprocess mode), removed at exit; and the
-    mark by which a worker knows to exit 0 after its drain (service/server.py)."""
+    any of them reports all (prometheus-client's multiprocess mode), removed at exit. Set before
+    prometheus-client is imported: it chooses its mode then."""
     if workers == 1:
         yield
         return
-    from service.server import WORKER_ENV
-
     with tempfile.TemporaryDirectory(prefix="algoways-metrics-") as path:
         os.environ[MULTIPROCESS_ENV] = path
-        os.environ[WORKER_ENV] = "1"
         try:
             yield
         finally:
             os.environ.pop(MULTIPROCESS_ENV, None)
-            os.environ.pop(WORKER_ENV, None)
 
 
 def _serve() -> None:
     import uvicorn
 
+    from service import prebuilt_index
     from service.logs import configure_logging
-    from service.server import LimitedHttpToolsProtocol, pause_collector_for_imports
+    from service.server import (
+        LimitedHttpToolsProtocol,
+        forked_workers,
+        import_app_for_workers,
+        pause_collector_for_imports,
+    )
 
     settings = get_settings()
-    # The supervisor's own lines (and the one-worker notice); each worker configures its own.
-    writer = configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    workers = _workers(settings)
-    if workers == 1:
-        writer.stop()  # the app factory sets logging up again in this process
-        pause_collector_for_imports()  # this process imports the app next
-    signal.signal(signal.SIGTERM, _ignore_signal)
-    with _worker_environment(workers):
-        uvicorn.run(
-            "service.main:app_from_env",
-            factory=True,
-            host=settings.HOST,
-            port=settings.PORT,
-            http=LimitedHttpToolsProtocol,
-            log_config=None,
-            proxy_headers=True,
-            timeout_graceful_shutdown=30,
-            workers=workers,
-        )
+    # First, while this process has no thread: the index builder is a fork of it.
+    with prebuilt_index.building(settings, settings.WORKERS):
+        configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT).stop()
+        # This process's own lines (start-up, the one-worker notice) are written directly; only
+        # access lines go through the writer thread, stopped here so that a worker is forked
+        # from a process without it. The app factory sets logging up in each serving process.
+        workers = _workers(settings)
+        signal.signal(signal.SIGTERM, _ignore_signal)
+
+        def run() -> None:
+            uvicorn.run(
+                "service.main:app_from_env",
+                factory=True,
+                host=settings.HOST,
+                port=settings.PORT,
+                http=LimitedHttpToolsProtocol,
+                log_config=None,
+                proxy_headers=True,
+                timeout_graceful_shutdown=30,
+                workers=workers,
+            )
+
+        with _metrics_directory(workers):
+            if workers == 1:
+                pause_collector_for_imports()  # this process imports the app next
+                run()
+            else:
+                import_app_for_workers()
+                with forked_workers():
+                    run()
 
 
 async def _migrate() -> None:

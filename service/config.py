@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SCOPES = frozenset({"read", "write", "secrets"})
+# How the service's connections name themselves to PostgreSQL (pg_stat_activity).
+APPLICATION_NAME = "algoways-store"
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -76,6 +78,15 @@ class DatabaseSettings(BaseSettings):
     @property
     def backend(self) -> str:
         return "postgresql" if self.DATABASE_URL.startswith("postgresql") else "sqlite"
+
+    @property
+    def asyncpg_dsn(self) -> str | None:
+        """DATABASE_URL as asyncpg reads it (no driver in the scheme), for the connections made
+        without SQLAlchemy: the invalidation listener's and the start-up index builder's. None
+        on SQLite."""
+        if self.backend != "postgresql":
+            return None
+        return "postgresql://" + self.DATABASE_URL.removeprefix("postgresql+asyncpg://")
 
 
 class Settings(DatabaseSettings):

@@ -27,9 +27,8 @@ from sqlalchemy.pool import (
 from sqlalchemy.util import await_
 
 from service.cache import InvalidationBus
-from service.config import DatabaseSettings
+from service.config import APPLICATION_NAME, DatabaseSettings
 
-APPLICATION_NAME = "algoways-store"
 _WRITE_INTENT = "sqlite_write_intent"
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 from starlette.datastructures import State
 from starlette.types import ASGIApp
 
@@ -43,13 +42,6 @@ need `secrets`. Errors are RFC 9457 problem documents (`application/problem+json
 """
 
 
-def _listen_dsn(settings: Settings) -> str | None:
-    url = make_url(settings.DATABASE_URL)
-    if url.get_backend_name() != "postgresql":
-        return None
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class LanedFastAPI(FastAPI):
     """FastAPI with the fast lane (service/fastlane.py) in front of its whole middleware stack,
     error handling included: the lane answers only what cannot fail."""
@@ -70,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
-        bus = InvalidationBus(_listen_dsn(settings))
+        bus = InvalidationBus(settings.asyncpg_dsn)
         caches = CacheRegistry(bus)
         keyring = Keyring(settings)
         sessionmaker = make_sessionmaker(engine, bus)

@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 
 from service import migrate
 from service.models import Base
+from service.models.base import compared
 from tests.support import BACKEND
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _diff(connection) -> list[object]:
     context = MigrationContext.configure(
-        connection, opts={"compare_type": True, "render_as_batch": BACKEND == "sqlite"}
+        connection,
+        opts={
+            "compare_type": True,
+            "render_as_batch": BACKEND == "sqlite",
+            "include_object": compared,
+        },
     )
     return list(compare_metadata(context, Base.metadata))
 

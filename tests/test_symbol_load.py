@@ -371,12 +371,15 @@ class TestAtomicity:
         from alembic.migration import MigrationContext
 
         from service.models import Base
+        from service.models.base import compared
 
         await put_contract(client, CONTRACT)
         await put_contract(client, CONTRACT[:100], exchanges=["NFO"])
 
         def diff(sync: Any) -> list[Any]:
-            context = MigrationContext.configure(sync, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                sync, opts={"compare_type": True, "include_object": compared}
+            )
             return [d for d in compare_metadata(context, Base.metadata) if "symbol" in repr(d)]
 
         async with db.connect() as conn:
@@ -386,6 +389,7 @@ class TestAtomicity:
             )
             assert list(indexes) == [
                 "ix_symbols_brsymbol_exchange",
+                "ix_symbols_rank",
                 "ix_symbols_search",
                 "ix_symbols_token_exchange",
                 "pk_symbols",

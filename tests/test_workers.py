@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.contract import generate, put_contract
 from tests.faults.service_process import GRACEFUL_TIMEOUT_S, ServiceProcess
 from tests.support import BACKEND
 
@@ -101,21 +102,35 @@ async def test_two_workers_share_the_load_the_metrics_and_the_invalidations(
     assert exit_code == 0, output
     assert "Traceback" not in output, output
     assert output.count("Finished server process") == 2, output
+    # Each worker took its copy of the index built beside the start (service/prebuilt_index.py).
+    assert output.count("from the start-up builder") == 2, output
 
 
-@pytest.mark.skipif(BACKEND != "sqlite", reason="the one-worker fallback is SQLite's")
-async def test_sqlite_serves_with_one_worker_and_says_why(service: ServiceProcess) -> None:
-    service.start()
-    await service.wait_ready(timeout=60)
-    async with service.client(timeout=30) as client:
-        responses = await _batch(client, 10)
-        assert {r.status_code for r in responses} == {200}
-        text = await _metrics(client)
-    # One process: its own registry, no per-worker series.
-    assert not _served_by_pid(text)
-    assert [float(total) for total in _SETTINGS_200.findall(text)] == [10]
-    service.signal(signal.SIGTERM)
-    assert await service.wait_exit(GRACEFUL_TIMEOUT_S + 5) == 0, service.output()
-    output = service.output()
-    assert "WORKERS=2 asked for, serving with 1" in output, output
-    assert output.count("Started server process") == 1, output
+@pytest.mark.skipif(BACKEND != "postgresql", reason="the start-up index builder is PostgreSQL's")
+async def test_one_worker_serves_the_index_built_beside_its_start(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    rows = generate(2000, seed=43)
+    assert (await put_contract(client, rows)).status_code == 200
+    process = ServiceProcess(database_url, TMPDIR=str(tmp_path))
+    try:
+        process.start()
+        await process.wait_ready(timeout=60)
+        async with process.client(timeout=30) as live:
+            for r in rows[::97]:
+                params = {"token": r["token"], "exchange": r["exchange"]}
+                answer = await live.get("/api/v1/tokens/lookup", params=params)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["symbol"] == r["symbol"]
+        assert _found(tmp_path, "algoways-index-*/copy-*") == []  # claimed, and gone
+        process.signal(signal.SIGTERM)
+        assert await process.wait_exit(GRACEFUL_TIMEOUT_S + 5) == 0, process.output()
+        output = process.output()
+    finally:
+        process.close()
+    assert "symbol index at version 1: 2000 rows from the start-up builder" in output, output
+    assert _found(tmp_path, "algoways-index-*") == []  # removed when serving ended
+
+
+def _found(directory: Path, pattern: str) -> list[Path]:
+    return list(directory.glob(pattern))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TextIO
 
 from dotenv import dotenv_values
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -118,14 +117,6 @@ LOGS_STEPS: list[Step] = [
 LATENCY_STEPS: list[Step] = [records.import_latency]
 
 
-def _listen_dsn(settings: Settings) -> str | None:
-    """On PostgreSQL the bus sends NOTIFY (running instances listen); nothing else is needed."""
-    url = make_url(settings.DATABASE_URL)
-    if url.get_backend_name() != "postgresql":
-        return None
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _open(label: str, path: Path | None) -> LegacyFile | None:
     if path is None:
         return None
@@ -155,7 +146,7 @@ async def import_legacy(settings: Settings, options: Options, out: TextIO | None
         ctx = Context(
             settings=settings,
             engine=engine,
-            sessionmaker=make_sessionmaker(engine, InvalidationBus(_listen_dsn(settings))),
+            sessionmaker=make_sessionmaker(engine, InvalidationBus(settings.asyncpg_dsn)),
             keyring=keyring,
             keys=keys,
             report=report,

@@ -4,7 +4,7 @@ it in the database (pg_trgm on PostgreSQL), for when the in-memory index is not 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import audit
+from service import audit, symbol_source
 from service.cache import invalidate
 from service.models.base import utcnow
 from service.models.symbols import SEARCH_TEXT_SQL, ContractDownload, Symbol, SymbolContract
@@ -37,7 +37,6 @@ from service.symbol_index import (
 )
 
 TOPIC = "symbols"
-FETCH_ROWS = 20_000
 _ESCAPE = "/"
 
 _COLUMNS = [getattr(Symbol, c) for c in COLUMNS]
@@ -112,12 +111,12 @@ async def bump_version(session: AsyncSession) -> int:
 
 
 async def read_index(session: AsyncSession, previous: SymbolIndex | None = None) -> SymbolIndex:
-    """Build the in-memory index from the database, rows in search-rank order (sorted there).
-
-    The version is read first and the rows after, each by its own statement: should a load commit
-    in between, the index holds newer rows under the older version, and the next version check
-    rebuilds it; the other way round, it would keep old rows under the new version for good.
-    """
+    """Build the in-memory index from the database, rows in search-rank order (sorted there);
+    the version first, the rows after (symbol_source.read_index says why)."""
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql":
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        return await symbol_source.read_index(driver, previous)
     contract = (
         await session.execute(
             select(SymbolContract.version, SymbolContract.loaded_at).where(SymbolContract.id == 1)
@@ -125,40 +124,12 @@ async def read_index(session: AsyncSession, previous: SymbolIndex | None = None)
     ).first()
     version, loaded_at = (contract[0], contract[1]) if contract else (0, None)
     builder = IndexBuilder(version, loaded_at, previous)
-    async for rows in _ranked_rows(session):
+    stmt = select(*_COLUMNS).order_by(*_rank(conn.dialect.name))
+    result = await conn.stream(stmt.execution_options(yield_per=symbol_source.FETCH_ROWS))
+    async for rows in result.partitions():
         builder.add_rows(rows)
         await asyncio.sleep(0)  # let requests in between chunks
     return builder.finish()
-
-
-async def _ranked_rows(session: AsyncSession) -> AsyncIterator[Sequence[Sequence[Any]]]:
-    """Every row in search-rank order (sorted by the database), FETCH_ROWS at a time.
-
-    A chunk at a time rather than all at once: the short-lived objects of one chunk (a string
-    per repeated name or exchange, until the builder shares them) leave holes that the next chunk
-    fills, instead of tens of megabytes of fragmented heap that the process keeps for good."""
-    conn = await session.connection()
-    stmt = select(*_COLUMNS).order_by(*_rank(conn.dialect.name))
-    if conn.dialect.name == "postgresql":
-        # asyncpg's own cursor: its records cost a third of SQLAlchemy's rows to make.
-        driver: Any = (await conn.get_raw_connection()).driver_connection
-        cursor = await driver.cursor(str(stmt.compile(dialect=conn.dialect)))
-        # The next chunk is asked for before this one is handed over: PostgreSQL prepares it
-        # while the caller builds.
-        pending = asyncio.ensure_future(cursor.fetch(FETCH_ROWS))
-        try:
-            while rows := await pending:
-                pending = asyncio.ensure_future(cursor.fetch(FETCH_ROWS))
-                await asyncio.sleep(0)  # sends the FETCH
-                yield rows
-        finally:
-            if not pending.done():
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
-        return
-    result = await conn.stream(stmt.execution_options(yield_per=FETCH_ROWS))
-    async for rows in result.partitions():
-        yield rows
 
 
 # --- deleting ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import prebuilt_index
 from service.cache import InvalidationBus
 from service.repositories import symbols as symbols_repo
 from service.symbol_index import SymbolIndex, SymbolIndexHolder
@@ -25,7 +26,7 @@ def make_symbol_holder(
         async with sessionmaker() as session:
             return await symbols_repo.read_index(session, previous)
 
-    holder = SymbolIndexHolder(read_version, read_index)
+    holder = SymbolIndexHolder(read_version, read_index, prebuilt_index.take)
     bus.subscribe(symbols_repo.TOPIC, holder.on_invalidate)
     return holder
 
