@@ -543,6 +543,21 @@ def _uvicorn_options(env: dict[str, str]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in options.items() if k not in ("host", "port", "app"))
 
 
+async def _enough_connections(admin: asyncpg.Connection, workloads: list[tuple[str, Any]]) -> None:
+    """Fail before anything runs if a workload would hold more connections at once than the
+    server allows (its `CONNECTIONS` says how many): refused connections would read as the
+    service's errors (stop 17's WORKERS=2 uncached read: 1,454 of them at max_connections 100)."""
+    allowed = int(await admin.fetchval("SHOW max_connections"))
+    for name, module in workloads:
+        needed = getattr(module, "CONNECTIONS", 0)
+        if needed > allowed:
+            raise SystemExit(
+                f"the {name} workload holds up to {needed} PostgreSQL connections at once and "
+                f"the server allows {allowed}: ALTER SYSTEM SET max_connections = {needed + 50}, "
+                "restart PostgreSQL, or leave the workload out (--only)"
+            )
+
+
 def _workloads(only: list[str]) -> list[tuple[str, Any]]:
     missing = set(only) - set(WORKLOADS)
     if missing:
@@ -615,7 +630,9 @@ async def run(args: argparse.Namespace) -> int:
         raise SystemExit("the bench drives load with wrk: install it (apt-get install wrk)")
     admin_url = args.pg_url
     name = f"algoways_bench_{uuid.uuid4().hex[:8]}"
+    workloads = _workloads(args.only)
     admin = await asyncpg.connect(admin_url)
+    await _enough_connections(admin, workloads)
     await admin.execute(f'CREATE DATABASE "{name}"')
     dsn = admin_url.rsplit("/", 1)[0] + "/" + name
     env = {
@@ -661,7 +678,7 @@ async def run(args: argparse.Namespace) -> int:
             args.connections,
             args.quick,
         )
-        for module_name, module in _workloads(args.only):
+        for module_name, module in workloads:
             print(f"== {module_name}", flush=True)
             results: list[Result] = await module.run(ctx)
             for result in results:

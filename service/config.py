@@ -29,6 +29,7 @@ class ServiceToken:
 
 # Connections an instance keeps for its steady load (DB_POOL_SIZE when unset, for all workers).
 DEFAULT_POOL_SIZE = 32
+DEFAULT_MAX_OVERFLOW = 8
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,7 +49,7 @@ class DatabaseSettings(BaseSettings):
     # process; left unset, the 32 are shared out among WORKERS (Settings below), so an instance
     # keeps about the same number of connections open whatever its worker count.
     DB_POOL_SIZE: int = Field(DEFAULT_POOL_SIZE, ge=1)
-    DB_MAX_OVERFLOW: int = Field(8, ge=0)
+    DB_MAX_OVERFLOW: int = Field(DEFAULT_MAX_OVERFLOW, ge=0)
     DB_POOL_TIMEOUT: float = Field(5.0, gt=0)
     DB_POOL_RECYCLE: int = Field(1800, ge=-1)
     DB_POOL_PRE_PING: bool = True

@@ -7,8 +7,20 @@ service's own uvicorn options; once it has one, `python -m service serve` with W
 
 from __future__ import annotations
 
+from bench.floors import POOL_SIZE
 from bench.harness import BARE, Context, Result, versus
 from bench.hotpaths import check_answers, memory_paths, uncached_read
+from service.config import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
+
+# Open at once during the uncached read: both services' pools at their defaults with overflow,
+# and listeners (one worker: 32 + 8 + 1; two: 2 x (16 + 8 + 1)), the asyncpg floor with one
+# worker and with two (16 + 2 x 16), and the harness's own few.
+CONNECTIONS = (
+    (DEFAULT_POOL_SIZE + DEFAULT_MAX_OVERFLOW + 1)
+    + 2 * (DEFAULT_POOL_SIZE // 2 + DEFAULT_MAX_OVERFLOW + 1)
+    + 3 * POOL_SIZE
+    + 5
+)
 
 
 async def run(ctx: Context) -> list[Result]:
