@@ -95,7 +95,7 @@ def _serve() -> None:
                 pause_collector_for_imports()  # this process imports the app next
                 run()
             else:
-                import_app_for_workers()
+                import_app_for_workers(settings)
                 with forked_workers():
                     run()
 

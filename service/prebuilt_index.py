@@ -100,7 +100,7 @@ async def build(settings: Settings) -> SymbolIndex:
         server_settings={"application_name": APPLICATION_NAME, "jit": "off"},
     )
     try:
-        return await symbol_source.read_index(conn)
+        return await symbol_source.read_index(conn, lookups=False)  # made by the reader
     finally:
         await conn.close()
 

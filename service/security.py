@@ -140,6 +140,12 @@ class Keyring:
         await asyncio.wrap_future(self._fernets)
         await self.passwords.ready()
 
+    def wait(self) -> None:
+        """`ready()` for a process without a loop: a supervisor that makes the key material once
+        (it is cached per process) before it forks the workers that will use it."""
+        self._fernets.result()
+        self.passwords.wait()
+
     @property
     def _current(self) -> Fernet:
         return self._fernets.result()[0]
@@ -195,6 +201,9 @@ class PasswordHasher:
 
     async def ready(self) -> None:
         await asyncio.wrap_future(self._dummy_hash)
+
+    def wait(self) -> None:
+        self._dummy_hash.result()
 
     @property
     def _dummy(self) -> str:

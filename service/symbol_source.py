@@ -27,24 +27,29 @@ RANKED_ROWS_SQL = (
 )
 
 
-async def read_index(conn: asyncpg.Connection, previous: SymbolIndex | None = None) -> SymbolIndex:
-    """Build the index from the database.
+async def read_index(
+    conn: asyncpg.Connection, previous: SymbolIndex | None = None, *, lookups: bool = True
+) -> SymbolIndex:
+    """Build the index from the database (without its lookup maps if `lookups` is false: see
+    IndexBuilder).
 
     The version is read first and the rows after, each by its own statement: should a load commit
     in between, the index holds newer rows under the older version, and the next version check
     rebuilds it; the other way round, it would keep old rows under the new version for good.
     """
     if conn.is_in_transaction():
-        return await _read(conn, previous)
+        return await _read(conn, previous, lookups)
     # A cursor lives in a transaction; read committed, so each statement sees what has committed.
     async with conn.transaction(readonly=True):
-        return await _read(conn, previous)
+        return await _read(conn, previous, lookups)
 
 
-async def _read(conn: asyncpg.Connection, previous: SymbolIndex | None) -> SymbolIndex:
+async def _read(
+    conn: asyncpg.Connection, previous: SymbolIndex | None, lookups: bool
+) -> SymbolIndex:
     contract = await conn.fetchrow(CONTRACT_SQL)
     version, loaded_at = (contract[0], contract[1]) if contract else (0, None)
-    builder = IndexBuilder(version, loaded_at, previous)
+    builder = IndexBuilder(version, loaded_at, previous, lookups=lookups)
     async for rows in _ranked_rows(conn):
         builder.add_rows(rows)
         await asyncio.sleep(0)  # let requests in between chunks
