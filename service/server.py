@@ -60,18 +60,18 @@ def import_app_for_workers(settings: Settings) -> None:
     of CPU per worker, all at once on the same cores. Only modules are loaded here: the app, its
     loop, its connections and threads are made in each worker (uvicorn calls the factory there).
 
-    The key material is made here too, once, on threads beside the imports (PBKDF2 and argon2
-    let go of the GIL): a worker's keyring finds it made (it is cached per process) instead of
-    spending 0.35 s of CPU on it in each worker. What the imports made is set aside from the
-    collector (gc.freeze): the workers' collections never walk it, and its memory stays shared
-    with the supervisor's rather than copied."""
+    The key material is made here too, once: a worker's keyring finds it made (it is cached
+    per process) instead of spending 0.35 s of CPU on it in each worker. It is made after the
+    imports, on threads (PBKDF2 and argon2 let go of the GIL), while the index builder still
+    writes its copies: the workers could not start serving before those anyway, and a core
+    is then free for it. What the imports made is set aside from the collector (gc.freeze):
+    the workers' collections never walk it, and its memory stays shared with the supervisor's
+    rather than copied."""
     pause_collector_for_imports()
+    import service.main  # noqa: F401
     from service.security import Keyring
 
-    keyring = Keyring(settings)
-    import service.main  # noqa: F401
-
-    keyring.wait()
+    Keyring(settings).wait()
     resume_collector()
     gc.freeze()
 
