@@ -1,8 +1,8 @@
 """The symbol index built beside the start-up, in a process of its own.
 
 A start spends its time on two things that meet only at the end: importing the app (FastAPI,
-SQLAlchemy, pydantic: about 1.5 s of CPU) and building the symbol index from the database (a
-sort in PostgreSQL, then decoding and building: about 1.5 s more for 200k rows). One after the
+SQLAlchemy, pydantic: about 1.5 s of CPU) and building the symbol index from the database
+(reading 200k rows in rank order, decoding and building them: about 1 s more). One after the
 other they took 3.8 s. `python -m service serve` therefore forks a builder before it imports
 anything heavy, so the two run at once on two cores. The builder reads the index exactly as a
 refresh does (service/symbol_source.py), writes it to a private directory and links one copy per
