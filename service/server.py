@@ -64,9 +64,10 @@ def import_app_for_workers(settings: Settings) -> None:
     per process) instead of spending 0.35 s of CPU on it in each worker. It is made after the
     imports, on threads (PBKDF2 and argon2 let go of the GIL), while the index builder still
     writes its copies: the workers could not start serving before those anyway, and a core
-    is then free for it. What the imports made is set aside from the collector (gc.freeze):
-    the workers' collections never walk it, and its memory stays shared with the supervisor's
-    rather than copied."""
+    is then free for it. What the imports made is set aside from the collector (gc.freeze), so
+    that a worker's collections do not walk it while it starts and its memory stays shared with
+    the supervisor's. The symbol index decides from its first snapshot on: a large one is set
+    aside with everything else, a small one hands everything back (symbol_index._handed_back)."""
     pause_collector_for_imports()
     import service.main  # noqa: F401
     from service.security import Keyring

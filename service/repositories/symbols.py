@@ -111,8 +111,8 @@ async def bump_version(session: AsyncSession) -> int:
 
 
 async def read_index(session: AsyncSession, previous: SymbolIndex | None = None) -> SymbolIndex:
-    """Build the in-memory index from the database, rows in search-rank order (sorted there);
-    the version first, the rows after (symbol_source.read_index says why)."""
+    """Build the in-memory index from the database, rows in search-rank order (the database's
+    order); the version first, the rows after (symbol_source.read_index says why)."""
     conn = await session.connection()
     if conn.dialect.name == "postgresql":
         driver: Any = (await conn.get_raw_connection()).driver_connection
