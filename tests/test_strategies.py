@@ -672,7 +672,7 @@ class TestByWebhook:
         strategy = await create(client, family)
         url = f"{family.path}/by-webhook/{strategy['webhook_id']}"
         state = client.app.state.store
-        original = strategies_repo._get_detail
+        original = strategies_repo.get_detail_by_webhook
 
         async def read_then_change_lands(*args: Any, **kwargs: Any) -> Any:
             row = await original(*args, **kwargs)
@@ -681,9 +681,9 @@ class TestByWebhook:
             state.bus.dispatch(f"{family.name}.by-webhook", strategy["webhook_id"])
             return row
 
-        monkeypatch.setattr(strategies_repo, "_get_detail", read_then_change_lands)
+        monkeypatch.setattr(strategies_repo, "get_detail_by_webhook", read_then_change_lands)
         assert (await client.get(url)).json()["name"] == "Momentum"  # read before the change
-        monkeypatch.setattr(strategies_repo, "_get_detail", original)
+        monkeypatch.setattr(strategies_repo, "get_detail_by_webhook", original)
         assert (await client.get(url)).json()["name"] == "Changed"
 
     async def test_unknown_webhook_is_404(self, client, family):

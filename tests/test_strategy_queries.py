@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from service import direct_read
 from tests.test_strategies import CHARTINK, STRATEGIES, Family, add, create, insert_strategy
 
 
@@ -21,18 +22,27 @@ def family(request: pytest.FixtureRequest) -> Family:
 
 @contextmanager
 def statements(client: httpx.AsyncClient) -> Iterator[list[str]]:
-    """Every statement the app's engine sends while the block runs."""
+    """Every statement the app's engine sends while the block runs: through SQLAlchemy's cursor,
+    or straight to the driver (service/direct_read.py, on PostgreSQL)."""
     engine = client.app.state.store.engine.sync_engine  # type: ignore[attr-defined]
     seen: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
 
+    direct = direct_read._fetch
+
+    async def fetch_directly(connection: Any, sql: str, args: list[Any]) -> Any:
+        seen.append(sql)
+        return await direct(connection, sql, args)
+
     event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(direct_read, "_fetch", fetch_directly)
+        try:
+            yield seen
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 def selects(seen: list[str]) -> list[str]:

@@ -44,6 +44,9 @@ async def run(ctx: Context) -> list[Result]:
     if theirs.status_code != 200 or _untimed(theirs.json()) != _untimed(ours.json()):
         raise RuntimeError(f"the asyncpg floor does not answer what the API does: {theirs.text}")
 
+    # After a warm-up, as the measure is meant (steady state): a second of load fills the pool,
+    # which a run that starts cold would count as sessions opened.
+    await ctx.warm(reads, ctx.service)
     opened = 0
     # One probe connection for the whole measure, so that it opens no session in between.
     probe = await asyncpg.connect(ctx.dsn)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Select, bindparam, delete, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from service.cache import invalidate
+from service.direct_read import fetch_rows
 from service.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from service.models.strategies import (
     ChartinkStrategy,
@@ -161,18 +162,16 @@ def _detail_query(kind: StrategyKind, key: str) -> Select[Any]:
     )
 
 
-async def _get_detail(
-    session: AsyncSession | AsyncConnection, kind: StrategyKind, key: str, value: object
-) -> dict[str, Any] | None:
-    rows = (await session.execute(_detail_query(kind, key), {"key": value})).all()
+def _detail_of(kind: StrategyKind, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The strategy with its symbols from the rows of its _detail_query, or None for none."""
     if not rows:
         return None
-    first = rows[0]._mapping
+    first = rows[0]
     detail = {column.key: first[column.key] for column in kind.strategy.__table__.c}
     detail["symbols"] = [
-        {f: row._mapping[f"symbol_{f}"] for f in _MAPPING_FIELDS}
+        {f: row[f"symbol_{f}"] for f in _MAPPING_FIELDS}
         for row in rows
-        if row.symbol_id is not None
+        if row["symbol_id"] is not None
     ]
     return detail
 
@@ -181,18 +180,20 @@ async def get_detail_by_webhook(
     session: AsyncSession, kind: StrategyKind, webhook_id: str
 ) -> dict[str, Any] | None:
     """The strategy with its symbols, by webhook id (one statement), or None."""
-    return await _get_detail(session, kind, "webhook_id", webhook_id)
+    query = _detail_query(kind, "webhook_id")
+    rows = (await session.execute(query, {"key": webhook_id})).mappings().all()
+    return _detail_of(kind, rows)
 
 
 async def get_strategy_json(reads: AsyncEngine, kind: StrategyKind, strategy_id: int) -> bytes:
     """A strategy with its symbols, from the database, rendered as its detail's JSON.
 
-    One statement on a connection held for it alone, without a session or a transaction of its
-    own (`reads` runs in autocommit where the backend allows, db.read_engine), and one pydantic
-    pass from the row to the bytes: this is the uncached read of a strategy.
+    One statement on a connection held for it alone, run by the driver itself (direct_read),
+    without a session or a transaction of its own, and one pydantic pass from the rows to the
+    bytes: this is the uncached read of a strategy.
     """
-    async with reads.connect() as connection:
-        detail = await _get_detail(connection, kind, "id", strategy_id)
+    rows = await fetch_rows(reads, _detail_query(kind, "id"), key=strategy_id)
+    detail = _detail_of(kind, rows)
     if detail is None:
         raise _not_found(kind, strategy_id)
     return kind.detail.model_validate(detail).model_dump_json(by_alias=True).encode()

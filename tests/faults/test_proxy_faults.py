@@ -24,7 +24,17 @@ POOL_SIZE, OVERFLOW = 4, 2
 LISTENERS = 1
 
 
-async def _start(client_factory: Any, proxy_url: str) -> httpx.AsyncClient:
+STRATEGY = {
+    "name": "faults",
+    "user_id": "u1",
+    "start_time": "09:15",
+    "end_time": "15:00",
+    "squareoff_time": "15:15",
+}
+
+
+async def _start(client_factory: Any, proxy_url: str) -> tuple[httpx.AsyncClient, str]:
+    """The service behind the proxy, and the URL of a strategy it has stored."""
     client: httpx.AsyncClient = await client_factory(
         DATABASE_URL=proxy_url,
         DB_POOL_TIMEOUT=TIMEOUT,
@@ -32,22 +42,31 @@ async def _start(client_factory: Any, proxy_url: str) -> httpx.AsyncClient:
         DB_POOL_SIZE=POOL_SIZE,
         DB_MAX_OVERFLOW=OVERFLOW,
     )
-    return client
+    created = await client.post("/api/v1/strategies", json=STRATEGY)
+    assert created.status_code == 201, created.text
+    return client, f"/api/v1/strategies/{created.json()['id']}"
 
 
-def _requests(tag: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """A mix that needs the database every time: a read, a session write, a group commit."""
+def _requests(tag: str, strategy: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """A mix that needs the database every time: a read in a session, a session write, a group
+    commit, and a read that goes straight to the driver (service/direct_read.py)."""
     return [
         ("GET", LOGS + "?limit=1", {}),
         ("PATCH", "/api/v1/settings", {"json": {"analyze_mode": True}}),
         ("POST", LOGS, {"json": traffic_log(tag)}),
+        ("GET", strategy, {}),
     ]
+
+
+HEALTHY = [200, 200, 201, 200]
 
 
 Result = tuple[str, int, float]  # method, status, seconds
 
 
-async def _burst(client: httpx.AsyncClient, tag: str, copies: int = 3) -> list[Result]:
+async def _burst(
+    client: httpx.AsyncClient, strategy: str, tag: str, copies: int = 3
+) -> list[Result]:
     """Every request of the mix `copies` times at once: (method, status, seconds) of each."""
 
     async def one(method: str, url: str, kwargs: dict[str, Any]) -> Result:
@@ -62,7 +81,7 @@ async def _burst(client: httpx.AsyncClient, tag: str, copies: int = 3) -> list[R
     calls = [
         one(method, url, kwargs)
         for n in range(copies)
-        for method, url, kwargs in _requests(f"{tag}-{n}")
+        for method, url, kwargs in _requests(f"{tag}-{n}", strategy)
     ]
     return list(await asyncio.gather(*calls))
 
@@ -71,13 +90,13 @@ def _statuses(results: list[Result]) -> list[int]:
     return [status for _, status, _ in results]
 
 
-async def _healthy_again(client: httpx.AsyncClient, db: AsyncEngine) -> None:
+async def _healthy_again(client: httpx.AsyncClient, strategy: str, db: AsyncEngine) -> None:
     """Ready within 10 s, the pool idle, connections within pool + overflow + the listener."""
     deadline = time.monotonic() + 10
     while (await client.get("/health/ready")).status_code != 200:
         assert time.monotonic() < deadline, (await client.get("/health/ready")).json()
         await asyncio.sleep(0.2)
-    assert _statuses(await _burst(client, "healed")) == [200, 200, 201] * 3
+    assert _statuses(await _burst(client, strategy, "healed")) == HEALTHY * 3
     pool = (await client.get("/health/ready")).json()["pool"]
     assert pool["checked_out"] == 0, pool
     metrics = (await client.get("/metrics")).text
@@ -104,19 +123,19 @@ async def _healthy_again(client: httpx.AsyncClient, db: AsyncEngine) -> None:
 async def test_tolerable_latency_only_slows_requests(
     proxy: TcpProxy, proxy_url: str, client_factory: Any, db: AsyncEngine
 ) -> None:
-    client = await _start(client_factory, proxy_url)
+    client, strategy = await _start(client_factory, proxy_url)
     proxy.latency = 0.02
-    assert _statuses(await _burst(client, "slow")) == [200, 200, 201] * 3
+    assert _statuses(await _burst(client, strategy, "slow")) == HEALTHY * 3
     proxy.heal()
-    await _healthy_again(client, db)
+    await _healthy_again(client, strategy, db)
 
 
 @pytest.mark.parametrize("fault", ["latency", "reset", "black_hole"])
 async def test_fault_ends_in_503_within_the_timeout(
     fault: str, proxy: TcpProxy, proxy_url: str, client_factory: Any, db: AsyncEngine
 ) -> None:
-    client = await _start(client_factory, proxy_url)
-    assert _statuses(await _burst(client, "before")) == [200, 200, 201] * 3
+    client, strategy = await _start(client_factory, proxy_url)
+    assert _statuses(await _burst(client, strategy, "before")) == HEALTHY * 3
     if fault == "latency":
         proxy.latency = TIMEOUT + 1  # every round trip outlasts the statement timeout
     elif fault == "reset":
@@ -127,9 +146,9 @@ async def test_fault_ends_in_503_within_the_timeout(
 
     # More requests at once than the pool has connections: some wait for a slot first, and
     # that wait shares the one pool timeout with the pre-ping and the reconnect.
-    results = await _burst(client, fault, copies=4)
+    results = await _burst(client, strategy, fault, copies=4)
 
     assert set(_statuses(results)) == {503}, results
     assert max(elapsed for _, _, elapsed in results) <= BOUND, results
     proxy.heal()
-    await _healthy_again(client, db)
+    await _healthy_again(client, strategy, db)
