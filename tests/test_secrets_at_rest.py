@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from service import totp
+from service import security, totp
+from service.security import Keyring, SecretUnreadable
 from tests.support import BACKEND
 
 USERNAME = "alice-at-rest"  # not a secret: it must be found, or the search proves nothing
@@ -104,3 +105,36 @@ async def test_key_material_that_cannot_be_made_fails_the_start(client_factory, 
     monkeypatch.setattr(security, "_derive_fernet_key", broken)
     with pytest.raises(RuntimeError, match="no KDF here"):
         await client_factory(API_KEY_PEPPER=secrets.token_urlsafe(48))
+
+
+def test_a_secret_read_often_is_remembered_sealed_never_in_plaintext(settings_factory):
+    keyring = Keyring(settings_factory())
+    token = "broker-token-" + secrets.token_hex(16)
+    ciphertext = keyring.encrypt(token)
+
+    assert keyring.decrypt_often(ciphertext) == token
+    assert keyring.decrypt_often(ciphertext) == token  # from the sealed copy
+    [sealed] = keyring._sealed.values()
+    assert token.encode() not in sealed
+
+    # A changed secret is a new ciphertext: read as itself, with no invalidation.
+    changed = keyring.encrypt(token + "-new")
+    assert keyring.decrypt_often(changed) == token + "-new"
+    assert keyring.decrypt_often(ciphertext) == token
+
+
+def test_an_unreadable_secret_read_often_fails_as_decrypt_does(settings_factory):
+    keyring = Keyring(settings_factory())
+    other = Keyring(settings_factory(API_KEY_PEPPER="another-pepper-" + "x" * 40))
+    foreign = other.encrypt("not ours")
+    with pytest.raises(SecretUnreadable):
+        keyring.decrypt_often(foreign)
+    assert keyring._sealed == {}
+
+
+def test_the_sealed_secrets_are_bounded(settings_factory, monkeypatch):
+    monkeypatch.setattr(security, "_SEALED_MAX", 3)
+    keyring = Keyring(settings_factory())
+    ciphertexts = [keyring.encrypt(f"token-{n}") for n in range(5)]
+    assert [keyring.decrypt_often(c) for c in ciphertexts] == [f"token-{n}" for n in range(5)]
+    assert list(keyring._sealed) == ciphertexts[2:]  # the oldest went first

@@ -286,8 +286,10 @@ def broker_tokens(
         raise BrokerTokenExpired(
             f"The broker token of {owner.user_id!r} expired at {owner.expires_at.isoformat()}."
         )
-    auth_token = keyring.decrypt(owner.auth_token_encrypted) if auth else None
+    auth_token = keyring.decrypt_often(owner.auth_token_encrypted) if auth else None
     feed_token = (
-        keyring.decrypt(owner.feed_token_encrypted) if feed and owner.feed_token_encrypted else None
+        keyring.decrypt_often(owner.feed_token_encrypted)
+        if feed and owner.feed_token_encrypted
+        else None
     )
     return auth_token, feed_token
