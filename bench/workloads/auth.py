@@ -159,7 +159,7 @@ async def run(ctx: Context) -> list[Result]:
     unknown_result.note = ""
     return [
         versus(
-            "warm verify with both broker tokens (decrypted per request)",
+            "warm verify with both broker tokens (unsealed per request)",
             warm_auth,
             floor_auth,
             "bare FastAPI",
