@@ -248,7 +248,8 @@ def _verified(
     state: AppState, principal: Principal | None, asked: ApiKeyVerify
 ) -> dict[str, Any] | None:
     """The key's verification answer when its owner is in memory and the caller may
-    see the tokens it asks for; None otherwise."""
+    see the tokens it asks for; None otherwise. ApiKeyUnknown (401) when memory holds that no
+    user has the key: a caller retrying a bad key is answered here, as cheaply as a good one."""
     auth, feed = asked.include_auth, asked.include_feed_token
     if principal is None or ((auth or feed) and not principal.has("secrets")):
         return None

@@ -227,6 +227,11 @@ async def test_api_key_verification(client, db, lanes: Lanes) -> None:
     for body, headers, status, expect_lane in cases:
         response, laned = await lanes.same("POST", VERIFY, json=body, headers=headers)
         assert (response.status_code, laned) == (status, expect_lane), body
+    # A key the route found unknown is known unknown: asked again, the lane answers the 401.
+    for body in ({"api_key": "no-such-key"}, {"api_key": "no-such-key", "include_auth": True}):
+        response, laned = await lanes.same("POST", VERIFY, json=body)
+        assert (response.status_code, laned) == (401, True), body
+        assert response.json()["type"].endswith("/api-key-unknown")
     answer = (await client.post(VERIFY, json={"api_key": key, "include_auth": True})).json()
     assert answer == {
         "user_id": "alice",
@@ -254,6 +259,10 @@ async def test_api_key_verification(client, db, lanes: Lanes) -> None:
     assert (await client.put("/api/v1/auth/api-keys/alice", json={})).status_code == 200
     response, laned = await lanes.same("POST", VERIFY, json={"api_key": key})
     assert (response.status_code, laned) == (401, False)
+    # ... and a key set again is no longer unknown, in the lane either.
+    assert (await client.put("/api/v1/auth/api-keys/bob", json={"api_key": key})).status_code == 200
+    response, laned = await lanes.same("POST", VERIFY, json={"api_key": key})
+    assert response.status_code == 200 and response.json()["user_id"] == "bob"
 
 
 async def test_ban_checks(client, lanes: Lanes) -> None:

@@ -151,8 +151,13 @@ class ApiKeyVerifier:
                 del self._joinable[lookup.digest]
 
     def cached(self, api_key: str) -> KeyOwner | None:
-        """The key's owner if its answer is in memory; None says nothing (ask `verify`)."""
-        owner: KeyOwner | None = self._known.peek(self._keyring.peppers[0].digest(api_key))
+        """The key's owner if its answer is in memory; None says nothing (ask `verify`). Raises
+        ApiKeyUnknown when memory holds that no user has the key, as `verify` would."""
+        digest = self._keyring.peppers[0].digest(api_key)
+        owner: KeyOwner | None = self._known.peek(digest)
+        if owner is None and self._unknown.peek(digest) is not None:
+            self._known.misses += 1  # counted as `verify` counts it: a miss, then a known unknown
+            raise ApiKeyUnknown()
         return owner
 
     async def verify(self, api_key: str) -> KeyOwner:
