@@ -180,7 +180,7 @@ class DatabaseUnavailable(AppError):
 
 # Responses every /api/v1 route may give, for the OpenAPI document.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
+    status: {"description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
     for status, description in (
         (401, "Missing or unknown service token"),
         (403, "The token lacks the scope"),
@@ -201,11 +201,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "Validation failed",
     }
     return {
-        s: {
-            "model": Problem,
-            "description": titles.get(s, "Problem"),
-            "content": {PROBLEM_CONTENT_TYPE: {}},
-        }
+        s: {"description": titles.get(s, "Problem"), "content": {PROBLEM_CONTENT_TYPE: {}}}
         for s in statuses
     }
 
