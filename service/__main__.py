@@ -65,6 +65,7 @@ def _serve() -> None:
         forked_workers,
         import_app_for_workers,
         pause_collector_for_imports,
+        start_key_material,
     )
 
     settings = get_settings()
@@ -93,6 +94,7 @@ def _serve() -> None:
         with _metrics_directory(workers):
             if workers == 1:
                 pause_collector_for_imports()  # this process imports the app next
+                start_key_material(settings)
                 run()
             else:
                 import_app_for_workers(settings)
