@@ -36,7 +36,8 @@ from service.errors import (
 logger = logging.getLogger("service.group_commit")
 
 Row = dict[str, Any]
-# Inserts `rows` in the session's transaction; returns their ids in input order (or None).
+# Inserts `rows` in the session's transaction, never changing them (a retry or a split writes
+# them again); returns their ids in input order (or None).
 WriteFn = Callable[[AsyncSession, list[Row]], Awaitable[list[int] | None]]
 
 
@@ -198,9 +199,9 @@ class GroupCommitWriter:
         """One transaction for `batch`, retried once after a serialization failure or deadlock;
         resolves every entry with its ids on success, returns the error otherwise."""
         for attempt in range(2):
-            # Copies: a write function may adapt rows in place (e.g. JSON to text for COPY), and
-            # a retry or a split must start from the rows as submitted.
-            rows = [dict(row) for entry in batch for row in entry.rows]
+            # The submitted rows themselves: a write function never changes them, so a retry or
+            # a split starts from the rows as submitted.
+            rows = [row for entry in batch for row in entry.rows]
             try:
                 async with self._sessionmaker() as session:
                     await begin_write(session)

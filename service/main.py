@@ -28,7 +28,7 @@ from service.retry import ReplayOnSerializationFailure
 from service.routers import API_ROUTES, health
 from service.runtime import build_runtime, warmed, writers_running
 from service.security import Keyring, TokenAuthenticator
-from service.server import resume_collector
+from service.server import collector_for_serving, resume_collector
 from service.state import AppState
 
 logger = logging.getLogger("service")
@@ -198,6 +198,7 @@ def app_from_env() -> FastAPI:
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     app = create_app(settings)
     resume_collector()  # everything the app needs is imported
+    collector_for_serving()
     return app
 
 

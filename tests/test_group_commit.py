@@ -4,8 +4,10 @@ failures reach every waiting request; the queue is bounded; shutdown flushes wha
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -130,6 +132,35 @@ class TestCoalescing:
         )
         assert [r.json()["count"] for r in responses] == [300, *[1] * 50, 300]
         assert await count_rows(db, "traffic_logs") == 650
+
+    async def test_a_write_leaves_the_submitted_rows_as_they_were(self, db):
+        """The writer hands a retry or a split the same row objects: `insert_rows` (COPY on
+        PostgreSQL, JSON documents sent as text) must write them without changing them."""
+        table = OrderLog.__table__
+        at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+        rows = [
+            {
+                "api_type": "placeorder",
+                "request_data": {"n": i},
+                "response_data": [i],
+                "created_at": at,
+            }
+            for i in range(3)
+        ]
+        as_submitted = copy.deepcopy(rows)
+        for _ in range(2):  # twice, as a retried flush writes them
+            async with AsyncSession(db) as session:
+                await begin_write(session)
+                await logs_repo.insert_rows(session, table, rows)  # type: ignore[arg-type]
+                await session.commit()
+        assert rows == as_submitted
+        async with db.connect() as conn:
+            stored = (
+                await conn.execute(select(OrderLog.request_data, OrderLog.response_data))
+            ).all()
+        assert sorted(map(tuple, stored), key=str) == sorted(
+            [({"n": i}, [i]) for i in range(3)] * 2, key=str
+        )
 
 
 class TestFailures:

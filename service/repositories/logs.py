@@ -91,21 +91,30 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[Row]) -> N
 
 
 @cache
-def _copy_layout(table: Table) -> tuple[list[str], list[str], Callable[[Row], tuple[Any, ...]]]:
-    """(columns COPY fills, those holding JSON, a row-to-record getter) of `table`."""
+def _copy_layout(table: Table) -> tuple[list[str], Callable[[Row], tuple[Any, ...]]]:
+    """(columns COPY fills, a row-to-record function) of `table`; the function leaves the row
+    as it is (a group-commit retry or split starts again from the same rows)."""
     columns = [c for c in table.columns if not c.primary_key]
     names = [c.name for c in columns]
-    return names, [c.name for c in columns if isinstance(c.type, JSON)], itemgetter(*names)
+    record = itemgetter(*names)
+    json_at = [n for n, c in enumerate(columns) if isinstance(c.type, JSON)]
+    if not json_at:
+        return names, record
+
+    def with_json_text(row: Row) -> tuple[Any, ...]:
+        values = list(record(row))
+        for n in json_at:  # asyncpg's binary COPY takes JSON as text
+            if values[n] is not None:
+                values[n] = orjson.dumps(values[n]).decode()
+        return tuple(values)
+
+    return names, with_json_text
 
 
 async def _copy(session: AsyncSession, table: Table, rows: list[Row]) -> None:
     import asyncpg
 
-    names, json_names, record = _copy_layout(table)
-    for name in json_names:  # asyncpg's binary COPY takes JSON as text
-        for row in rows:
-            if row[name] is not None:
-                row[name] = orjson.dumps(row[name]).decode()
+    names, record = _copy_layout(table)
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     # COPY goes to the driver directly (SQLAlchemy has no COPY); it runs as one atomic statement.
