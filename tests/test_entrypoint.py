@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from service.server import SERVING_YOUNG_THRESHOLD
 from tests.support import FULL_TOKEN, PEPPER, SALT, SERVICE_TOKENS, auth
 
 
@@ -61,3 +62,33 @@ def test_uvicorn_serves_service_main_app(database_url: str, tmp_path: Path) -> N
     assert server.returncode in (0, -signal.SIGTERM), stderr.decode()
     assert b"Application shutdown complete" in stderr
     assert b"Traceback" not in stderr
+
+
+def test_the_served_app_collects_young_garbage_at_the_serving_threshold(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`app_from_env` (what `serve` and `service.main:app` build) turns the collector back on
+    after the imports with the serving threshold for the youngest generation, and Python's
+    thresholds for the two older ones."""
+    probe = (
+        "import gc; from service.main import app_from_env; from service.server import "
+        "pause_collector_for_imports; pause_collector_for_imports(); app_from_env(); "
+        "print(gc.isenabled(), *gc.get_threshold())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "API_KEY_PEPPER": PEPPER,
+            "FERNET_SALT": SALT,
+            "SERVICE_TOKENS": SERVICE_TOKENS,
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["True", str(SERVING_YOUNG_THRESHOLD), "10", "10"]
