@@ -64,8 +64,8 @@ def collector_for_serving() -> None:
     up, not 700. One 1000-row log batch makes a model and a dict per row: with the default, a
     few young collections ran during every batch while the batches before it were still in
     flight, so their rows were promoted and walked again by the older collections. On 1000-row
-    batches at 4 connections (table truncated before each 8 s run, alternating): 14-16 us of the
-    service's CPU a row and 43-48k rows/s with the default, 9-11 us and 50-66k rows/s with this.
+    batches at 4 connections (table truncated before each 8 s run, alternating): 14-18 us of the
+    service's CPU a row and 43-48k rows/s with the default, 9-11 us and 49-66k rows/s with this.
     A young collection of 50,000 survivors takes 1.4 ms here; requests rarely leave that many
     behind, so most of them never run."""
     _, older, oldest = gc.get_threshold()
