@@ -198,10 +198,10 @@ class GroupCommitWriter:
     async def _commit(self, batch: list[_Entry]) -> Exception | None:
         """One transaction for `batch`, retried once after a serialization failure or deadlock;
         resolves every entry with its ids on success, returns the error otherwise."""
+        # The submitted rows themselves: a write function never changes them, so a retry or a
+        # split starts from the rows as submitted.
+        rows = [row for entry in batch for row in entry.rows]
         for attempt in range(2):
-            # The submitted rows themselves: a write function never changes them, so a retry or
-            # a split starts from the rows as submitted.
-            rows = [row for entry in batch for row in entry.rows]
             try:
                 async with self._sessionmaker() as session:
                     await begin_write(session)
